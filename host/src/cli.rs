@@ -1,0 +1,125 @@
+//! The `middleware-engine` command line.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::plugins::{Registry, Verdict};
+use crate::settings::{HostSettings, SettingsArgs};
+
+/// BeyondTrust middleware engine: hosts integration plugins, receives the appliance's
+/// outbound events and hands them to each matching plugin configuration.
+#[derive(Debug, Parser)]
+#[command(name = "middleware-engine", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the engine (the default): load plugins, serve the admin page and the event address.
+    Serve,
+    /// List the plugins in the Plugins folder with their verdict; exits 1 when any failed.
+    Plugins,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match HostSettings::resolve(&cli.settings) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("middleware-engine: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Plugins => list_plugins(&settings),
+        Command::Serve => serve(&settings),
+    }
+}
+
+fn list_plugins(settings: &HostSettings) -> ExitCode {
+    let registry = Registry::scan(&settings.plugins_dir);
+    let mut out = std::io::stdout().lock();
+    let text = render_plugin_list(&registry);
+    if out.write_all(text.as_bytes()).is_err() {
+        return ExitCode::FAILURE;
+    }
+    if registry.problem.is_some() || registry.failed_count() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// One line per library (or empty folder), then a count.
+pub fn render_plugin_list(registry: &Registry) -> String {
+    let mut text = format!("Plugins folder: {}\n", registry.dir.display());
+    if let Some(problem) = &registry.problem {
+        text.push_str(&format!("error: {problem}\n"));
+        return text;
+    }
+    for entry in &registry.entries {
+        let file = entry
+            .file
+            .as_deref()
+            .and_then(|f| f.file_name())
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let location = if file.is_empty()
+            || entry
+                .file
+                .as_deref()
+                .is_some_and(|f| f.parent() == Some(registry.dir.as_path()))
+        {
+            entry.folder.clone()
+        } else {
+            format!("{}/{file}", entry.folder)
+        };
+        match &entry.verdict {
+            Verdict::Loaded(p) => text.push_str(&format!(
+                "ok      {location}: {} \"{}\" {}\n",
+                p.manifest.id, p.manifest.name, p.manifest.version
+            )),
+            Verdict::Failed(reason) => text.push_str(&format!("FAILED  {location}: {reason}\n")),
+        }
+    }
+    let loaded = registry.entries.len() - registry.failed_count();
+    text.push_str(&format!(
+        "{loaded} loaded, {} failed\n",
+        registry.failed_count()
+    ));
+    text
+}
+
+fn serve(settings: &HostSettings) -> ExitCode {
+    crate::logging::init(settings);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let registry = Registry::scan(&settings.plugins_dir);
+        if let Some(problem) = &registry.problem {
+            tracing::warn!("{problem}; starting with no plugins");
+        }
+        tracing::info!(
+            loaded = registry.entries.len() - registry.failed_count(),
+            failed = registry.failed_count(),
+            "engine ready"
+        );
+        crate::shutdown_signal().await;
+        tracing::info!("stopping");
+    });
+    ExitCode::SUCCESS
+}

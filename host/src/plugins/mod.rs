@@ -1,0 +1,7 @@
+//! Plugins: finding and loading them ([`registry`]) and calling them safely ([`runner`]).
+
+pub mod registry;
+pub mod runner;
+
+pub use registry::{PluginEntry, Registry, Verdict};
+pub use runner::PluginRunner;

@@ -1,0 +1,251 @@
+//! The host's own settings: read once from a TOML file, environment variables and
+//! flags (in rising precedence), validated once, then trusted.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// Where the original product listens for its admin tool.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:53231";
+/// Where the appliance sends outbound events by default.
+pub const DEFAULT_EVENT_LISTEN: &str = "0.0.0.0:8180";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per record.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Options shared by every command. Each also reads an `MWE_*` environment variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingsArgs {
+    /// TOML file of host settings (keys as the long flags, with '_' for '-').
+    #[arg(long, global = true, env = "MWE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Folder holding one subfolder per plugin [default: ./Plugins]
+    #[arg(long, global = true, env = "MWE_PLUGINS_DIR", value_name = "DIR")]
+    pub plugins_dir: Option<PathBuf>,
+    /// Folder for the host's database and key file, created if missing [default: ./data]
+    #[arg(long, global = true, env = "MWE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the admin page and API [default: 127.0.0.1:53231]
+    #[arg(long, global = true, env = "MWE_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Address the appliance posts outbound events to [default: 0.0.0.0:8180]
+    #[arg(long, global = true, env = "MWE_EVENT_LISTEN", value_name = "ADDR")]
+    pub event_listen: Option<SocketAddr>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info]
+    #[arg(long, global = true, env = "MWE_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format [default: human]
+    #[arg(long, global = true, env = "MWE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Longest a single plugin call may take, in seconds [default: 120]
+    #[arg(
+        long,
+        global = true,
+        env = "MWE_PLUGIN_CALL_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    pub plugin_call_timeout: Option<u64>,
+    /// Plugin calls in flight at once per configuration [default: 4]
+    #[arg(long, global = true, env = "MWE_PLUGIN_CONCURRENCY", value_name = "N")]
+    pub plugin_concurrency: Option<usize>,
+}
+
+/// The settings file, every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    plugins_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    admin_listen: Option<SocketAddr>,
+    event_listen: Option<SocketAddr>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+    plugin_call_timeout: Option<u64>,
+    plugin_concurrency: Option<usize>,
+}
+
+/// Validated host settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSettings {
+    pub plugins_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub admin_listen: SocketAddr,
+    pub event_listen: SocketAddr,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub plugin_call_timeout: Duration,
+    pub plugin_concurrency: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read the settings file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the settings file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl HostSettings {
+    /// Flags and environment (already merged by clap) over the file over defaults.
+    pub fn resolve(args: &SettingsArgs) -> Result<Self, SettingsError> {
+        let (file, base) = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let file: FileSettings =
+                    toml::from_str(&text).map_err(|e| SettingsError::Parse {
+                        path: path.clone(),
+                        message: e.message().to_owned(),
+                    })?;
+                // Relative paths in the file are relative to the file, so a service
+                // started from anywhere finds the same folders.
+                let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                (file, base)
+            }
+            None => (FileSettings::default(), PathBuf::new()),
+        };
+        let from_file = |p: Option<PathBuf>| p.map(|p| base.join(p));
+        let parse_addr = |s: &str| {
+            s.parse::<SocketAddr>()
+                .map_err(|e| SettingsError::Invalid(e.to_string()))
+        };
+
+        let settings = Self {
+            plugins_dir: args
+                .plugins_dir
+                .clone()
+                .or_else(|| from_file(file.plugins_dir))
+                .unwrap_or_else(|| PathBuf::from("Plugins")),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or_else(|| from_file(file.data_dir))
+                .unwrap_or_else(|| PathBuf::from("data")),
+            admin_listen: match args.admin_listen.or(file.admin_listen) {
+                Some(a) => a,
+                None => parse_addr(DEFAULT_ADMIN_LISTEN)?,
+            },
+            event_listen: match args.event_listen.or(file.event_listen) {
+                Some(a) => a,
+                None => parse_addr(DEFAULT_EVENT_LISTEN)?,
+            },
+            log_level: args
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".to_owned()),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Human),
+            plugin_call_timeout: Duration::from_secs(
+                args.plugin_call_timeout
+                    .or(file.plugin_call_timeout)
+                    .unwrap_or(120),
+            ),
+            plugin_concurrency: args
+                .plugin_concurrency
+                .or(file.plugin_concurrency)
+                .unwrap_or(4),
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        if self.plugin_call_timeout.is_zero() {
+            return Err(SettingsError::Invalid(
+                "plugin_call_timeout must be at least 1 second".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.plugin_concurrency) {
+            return Err(SettingsError::Invalid(
+                "plugin_concurrency must be between 1 and 64".into(),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
+            SettingsError::Invalid(format!(
+                "log_level {:?} is not a log filter (try info or debug): {e}",
+                self.log_level
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_original_product() {
+        let s = HostSettings::resolve(&SettingsArgs::default()).expect("defaults are valid");
+        assert_eq!(s.admin_listen.to_string(), "127.0.0.1:53231");
+        assert_eq!(s.event_listen.to_string(), "0.0.0.0:8180");
+        assert_eq!(s.plugins_dir, PathBuf::from("Plugins"));
+        assert_eq!(s.log_format, LogFormat::Human);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_file_paths_are_relative_to_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("engine.toml");
+        std::fs::write(
+            &file,
+            "plugins_dir = \"plugins\"\ndata_dir = \"/var/lib/mwe\"\nlog_format = \"json\"\nadmin_listen = \"127.0.0.1:9000\"\n",
+        )
+        .expect("write");
+        let args = SettingsArgs {
+            config: Some(file),
+            admin_listen: Some("127.0.0.1:9100".parse().expect("addr")),
+            ..SettingsArgs::default()
+        };
+        let s = HostSettings::resolve(&args).expect("valid");
+        assert_eq!(s.plugins_dir, dir.path().join("plugins"));
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/mwe"));
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.admin_listen.to_string(), "127.0.0.1:9100");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("engine.toml");
+        std::fs::write(&file, "plugin_dir = \"x\"\n").expect("write");
+        let args = SettingsArgs {
+            config: Some(file.clone()),
+            ..SettingsArgs::default()
+        };
+        let err = HostSettings::resolve(&args).expect_err("unknown key");
+        assert!(
+            err.to_string().contains("unknown field `plugin_dir`"),
+            "{err}"
+        );
+
+        let args = SettingsArgs {
+            plugin_concurrency: Some(0),
+            ..SettingsArgs::default()
+        };
+        let err = HostSettings::resolve(&args).expect_err("zero concurrency");
+        assert_eq!(
+            err.to_string(),
+            "plugin_concurrency must be between 1 and 64"
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! The host's side of the boundary: load a plugin library, open instances, call them.
+//!
+//! Every failure to load is turned into a [`LoadError`] whose text an admin can act on.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use abi_stable::std_types::{RArc, RResult, RStr, RString};
+
+use crate::abi::{
+    FfiError, InstanceBox, LibraryError, LogSinkBox, LogSinkFfi, LogSinkFfi_TO, PluginModuleRef,
+    RootModuleError, TD_Opaque,
+};
+pub use crate::kit::LogFn;
+use crate::kit::{OpenRequest, PANIC_PREFIX};
+use crate::manifest::Manifest;
+use crate::model::{
+    Event, FieldError, LogLevel, Outcome, PluginError, PollRequest, PollResult, Settings,
+    TestReport,
+};
+
+/// Why a plugin library did not load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a loadable library: {0}")]
+    NotALibrary(String),
+    #[error("not a middleware engine plugin: the library exports no plugin entry point")]
+    NotAPlugin,
+    #[error("built against plugin-api {plugin}, but this host uses plugin-api {host}; rebuild the plugin against plugin-api {host}")]
+    IncompatibleVersion { plugin: String, host: String },
+    #[error("ABI layout mismatch: the plugin's plugin-api types differ from this host's; rebuild the plugin against this host's plugin-api ({0})")]
+    AbiMismatch(String),
+    #[error("its constructor failed: {0}")]
+    ConstructorFailed(String),
+    #[error("its constructor panicked: {0}")]
+    ConstructorPanicked(String),
+    #[error("its manifest is unreadable: {0}")]
+    BadManifest(String),
+}
+
+impl LoadError {
+    fn from_library_error(e: LibraryError) -> Self {
+        match e {
+            LibraryError::OpenError { err, .. } => Self::NotALibrary(err.to_string()),
+            LibraryError::GetSymbolError { .. } => Self::NotAPlugin,
+            LibraryError::IncompatibleVersionNumber {
+                expected_version,
+                actual_version,
+                ..
+            } => Self::IncompatibleVersion {
+                plugin: actual_version.to_string(),
+                host: expected_version.to_string(),
+            },
+            LibraryError::ParseVersionError(e) => {
+                Self::AbiMismatch(format!("unreadable plugin-api version: {e}"))
+            }
+            LibraryError::AbiInstability(e) => Self::AbiMismatch(first_line(&e.to_string())),
+            LibraryError::InvalidAbiHeader(header) => Self::AbiMismatch(format!(
+                "built with abi_stable ABI {}.{}",
+                header.abi_major, header.abi_minor
+            )),
+            LibraryError::InvalidCAbi { .. } => {
+                Self::AbiMismatch("built by an incompatible Rust compiler".into())
+            }
+            LibraryError::RootModule { err, .. } => match err {
+                RootModuleError::Returned(e) => {
+                    let text = e.to_string();
+                    match text.strip_prefix(PANIC_PREFIX) {
+                        Some(message) => Self::ConstructorPanicked(message.to_owned()),
+                        None => Self::ConstructorFailed(text),
+                    }
+                }
+                RootModuleError::Unwound => Self::ConstructorPanicked(
+                    "no message (the panic was not caught by the plugin kit)".into(),
+                ),
+            },
+            LibraryError::Many(errors) => errors
+                .into_iter()
+                .next()
+                .map(Self::from_library_error)
+                .unwrap_or_else(|| Self::AbiMismatch("unknown loading error".into())),
+        }
+    }
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty());
+    line.unwrap_or("no detail").chars().take(300).collect()
+}
+
+/// A plugin library that loaded and passed every check. Libraries are never
+/// unloaded: replacing a plugin means restarting the host.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    module: PluginModuleRef,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("path", &self.path)
+            .field("id", &self.manifest.id)
+            .finish()
+    }
+}
+
+/// Loads the plugin library at `path`, checks it against this plugin-api, runs its
+/// constructor and reads its manifest.
+pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
+    let header =
+        abi_stable::library::lib_header_from_path(path).map_err(LoadError::from_library_error)?;
+    let module = header
+        .init_root_module::<PluginModuleRef>()
+        .map_err(LoadError::from_library_error)?;
+    let json = answer((module.manifest())()).map_err(|e| LoadError::BadManifest(e.message))?;
+    let manifest: Manifest =
+        serde_json::from_str(&json).map_err(|e| LoadError::BadManifest(e.to_string()))?;
+    manifest.check().map_err(LoadError::BadManifest)?;
+    Ok(LoadedPlugin {
+        path: path.to_owned(),
+        manifest,
+        module,
+    })
+}
+
+impl LoadedPlugin {
+    /// The plugin's own checks of a configuration's settings.
+    pub fn validate(&self, settings: &Settings) -> Result<Vec<FieldError>, PluginError> {
+        let json = encode(settings)?;
+        let answer = answer((self.module.validate())(RStr::from_str(&json)))?;
+        decode(&answer)
+    }
+
+    /// Opens an instance for one configuration.
+    pub fn open(
+        &self,
+        configuration_name: &str,
+        settings: &Settings,
+        log: LogFn,
+    ) -> Result<Instance, PluginError> {
+        let request = encode(&OpenRequest {
+            configuration_name: configuration_name.to_owned(),
+            settings: settings.clone(),
+        })?;
+        match (self.module.open())(RStr::from_str(&request), host_log_sink(log)) {
+            RResult::ROk(inner) => Ok(Instance { inner }),
+            RResult::RErr(e) => Err(e.into()),
+        }
+    }
+}
+
+/// An open configuration inside a plugin. Calls block; dropping it closes it.
+pub struct Instance {
+    inner: InstanceBox,
+}
+
+impl Instance {
+    pub fn test(&self) -> Result<TestReport, PluginError> {
+        decode(&answer(self.inner.test())?)
+    }
+
+    pub fn handle_event(&self, event: &Event) -> Result<Outcome, PluginError> {
+        let json = encode(event)?;
+        decode(&answer(self.inner.handle_event(RStr::from_str(&json)))?)
+    }
+
+    pub fn poll(&self, request: &PollRequest) -> Result<PollResult, PluginError> {
+        let json = encode(request)?;
+        decode(&answer(self.inner.poll(RStr::from_str(&json)))?)
+    }
+}
+
+fn answer(result: RResult<RString, FfiError>) -> Result<String, PluginError> {
+    match result {
+        RResult::ROk(s) => Ok(s.into()),
+        RResult::RErr(e) => Err(e.into()),
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<String, PluginError> {
+    serde_json::to_string(value)
+        .map_err(|e| PluginError::permanent(format!("cannot encode the request: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, PluginError> {
+    serde_json::from_str(json)
+        .map_err(|e| PluginError::permanent(format!("the plugin sent an unreadable answer: {e}")))
+}
+
+#[derive(Clone)]
+struct HostLogSink(LogFn);
+
+impl LogSinkFfi for HostLogSink {
+    fn log(&self, level: u8, message: RStr<'_>) {
+        // Runs on the host's side of the boundary: a panic here must not unwind into the plugin.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            (self.0)(LogLevel::from_code(level), message.as_str())
+        }));
+    }
+}
+
+pub(crate) fn host_log_sink(log: LogFn) -> LogSinkBox {
+    LogSinkFfi_TO::from_ptr(RArc::new(HostLogSink(log)), TD_Opaque)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_not_a_library_is_reported_as_such() {
+        let dir = std::env::temp_dir().join(format!("plugin-api-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("readme.so");
+        std::fs::write(&path, "not a library").expect("write");
+        let err = load(&path).expect_err("must not load");
+        assert!(
+            matches!(&err, LoadError::NotALibrary(detail) if detail.contains("readme.so")),
+            "{err:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn constructor_errors_tell_panics_from_failures() {
+        let panicked = LoadError::from_library_error(LibraryError::RootModule {
+            err: RootModuleError::Returned(crate::abi::RBoxError::from_fmt(&format!(
+                "{PANIC_PREFIX}boom (at src/lib.rs:3)"
+            ))),
+            module_name: "m",
+            version: abi_stable::package_version_strings!(),
+        });
+        assert_eq!(
+            panicked.to_string(),
+            "its constructor panicked: boom (at src/lib.rs:3)"
+        );
+        let failed = LoadError::from_library_error(LibraryError::RootModule {
+            err: RootModuleError::Returned(crate::abi::RBoxError::from_fmt(&"no way")),
+            module_name: "m",
+            version: abi_stable::package_version_strings!(),
+        });
+        assert_eq!(failed.to_string(), "its constructor failed: no way");
+    }
+}
