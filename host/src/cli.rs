@@ -108,18 +108,12 @@ fn serve(settings: &HostSettings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        let registry = Registry::scan(&settings.plugins_dir);
-        if let Some(problem) = &registry.problem {
-            tracing::warn!("{problem}; starting with no plugins");
+    match runtime.block_on(crate::app::run(settings.clone())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("middleware-engine: {e}");
+            ExitCode::FAILURE
         }
-        tracing::info!(
-            loaded = registry.entries.len() - registry.failed_count(),
-            failed = registry.failed_count(),
-            "engine ready"
-        );
-        crate::shutdown_signal().await;
-        tracing::info!("stopping");
-    });
-    ExitCode::SUCCESS
+    }
 }

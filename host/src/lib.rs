@@ -1,11 +1,16 @@
-//! The middleware engine host: settings, plugin loading and calling, and (as the
-//! engine grows) the store, the admin API and page, event intake and processing.
+//! The middleware engine host: settings, plugin loading and calling, the store, the
+//! configurations and the admin API and page (and, as the engine grows, event intake
+//! and processing).
 
+pub mod admin;
+pub mod app;
 pub mod cli;
+pub mod configurations;
 pub mod logging;
 pub mod plugins;
+pub mod secrets;
 pub mod settings;
-
+pub mod store;
 /// Resolves on Ctrl-C or SIGTERM (how a service manager stops the engine).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

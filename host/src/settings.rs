@@ -57,6 +57,26 @@ pub struct SettingsArgs {
     /// Plugin calls in flight at once per configuration [default: 4]
     #[arg(long, global = true, env = "MWE_PLUGIN_CONCURRENCY", value_name = "N")]
     pub plugin_concurrency: Option<usize>,
+    /// Token every admin API request must carry (Authorization: Bearer ...);
+    /// required when the admin address is not loopback. Prefer the environment variable.
+    #[arg(
+        long,
+        global = true,
+        env = "MWE_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Extra host names the admin page may be reached by (comma-separated), besides
+    /// localhost and the listen address
+    #[arg(
+        long,
+        global = true,
+        env = "MWE_ADMIN_HOSTNAMES",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub admin_hostnames: Option<Vec<String>>,
 }
 
 /// The settings file, every key optional.
@@ -71,6 +91,28 @@ struct FileSettings {
     log_format: Option<LogFormat>,
     plugin_call_timeout: Option<u64>,
     plugin_concurrency: Option<usize>,
+    admin_token: Option<String>,
+    admin_hostnames: Option<Vec<String>>,
+}
+
+/// A secret host setting: compared, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 /// Validated host settings.
@@ -84,6 +126,8 @@ pub struct HostSettings {
     pub log_format: LogFormat,
     pub plugin_call_timeout: Duration,
     pub plugin_concurrency: usize,
+    pub admin_token: Option<SecretString>,
+    pub admin_hostnames: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +207,21 @@ impl HostSettings {
                 .plugin_concurrency
                 .or(file.plugin_concurrency)
                 .unwrap_or(4),
+            admin_token: args
+                .admin_token
+                .clone()
+                .or(file.admin_token)
+                .filter(|t| !t.is_empty())
+                .map(SecretString::new),
+            admin_hostnames: args
+                .admin_hostnames
+                .clone()
+                .or(file.admin_hostnames)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
         };
         settings.check()?;
         Ok(settings)
@@ -178,6 +237,19 @@ impl HostSettings {
             return Err(SettingsError::Invalid(
                 "plugin_concurrency must be between 1 and 64".into(),
             ));
+        }
+        if let Some(token) = &self.admin_token {
+            if token.expose().len() < 16 {
+                return Err(SettingsError::Invalid(
+                    "admin_token must be at least 16 characters".into(),
+                ));
+            }
+        }
+        if !self.admin_listen.ip().is_loopback() && self.admin_token.is_none() {
+            return Err(SettingsError::Invalid(format!(
+                "the admin address {} is reachable from other machines: set an admin token (MWE_ADMIN_TOKEN or admin_token, at least 16 characters), or listen on 127.0.0.1",
+                self.admin_listen
+            )));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
             SettingsError::Invalid(format!(

@@ -1,6 +1,7 @@
 //! The plugin's manifest and its own settings checks.
 
-use plugin_api::{EventTypeDecl, FieldError, Manifest, SettingDecl, Settings};
+use plugin_api::manifest::is_domain_name;
+use plugin_api::{check_host_name, EventTypeDecl, FieldError, Manifest, SettingDecl, Settings};
 
 pub const SECTION: &str = "Microsoft Dynamics 365 Instance";
 
@@ -61,7 +62,7 @@ pub fn validate(settings: &Settings) -> Vec<FieldError> {
         }
     }
     if let Some(tenant) = settings.str("azure_tenant_id") {
-        if !is_guid(tenant) && !is_domain(tenant) {
+        if !is_guid(tenant) && !is_domain_name(tenant) {
             errors.push(FieldError::new(
                 "azure_tenant_id",
                 "must be the tenant's GUID (e.g. 72f988bf-86f1-41af-91ab-2d7cd011db47) or its domain (e.g. contoso.onmicrosoft.com)",
@@ -119,18 +120,8 @@ fn check_https_url(url: &str) -> Result<(), String> {
     let Some(rest) = url.strip_prefix("https://") else {
         return Err("must start with https://".into());
     };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_only = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    if host_only.is_empty()
-        || url.chars().any(char::is_whitespace)
-        || !is_domain(host_only) && host_only.parse::<std::net::IpAddr>().is_err()
-    {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if url.chars().any(char::is_whitespace) || check_host_name(authority).is_err() {
         return Err(format!(
             "{url:?} is not a valid https URL (e.g. https://contoso.crm.dynamics.com)"
         ));
@@ -145,18 +136,6 @@ fn is_guid(s: &str) -> bool {
             .iter()
             .zip([8, 4, 4, 4, 12])
             .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-fn is_domain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
 }
 
 #[cfg(test)]

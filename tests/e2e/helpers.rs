@@ -115,3 +115,175 @@ pub fn run_host(args: &[&str]) -> Output {
         .output()
         .expect("host runs")
 }
+
+/// A running `middleware-engine serve`, on random loopback ports, with its own data
+/// folder. Killed when dropped.
+pub struct TestHost {
+    child: std::process::Child,
+    pub admin: String,
+    pub data: std::sync::Arc<tempfile::TempDir>,
+    plugins_dir: PathBuf,
+    extra_env: Vec<(String, String)>,
+    log: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl TestHost {
+    /// Starts the host over `plugins` with a fresh data folder.
+    pub fn start(plugins: &PluginsDir) -> Self {
+        Self::start_with(
+            plugins.path(),
+            std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+            Vec::new(),
+        )
+    }
+
+    /// Starts the host with extra `MWE_*` environment variables.
+    pub fn start_with_env(plugins: &PluginsDir, env: &[(&str, &str)]) -> Self {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::start_with(
+            plugins.path(),
+            std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+            env,
+        )
+    }
+
+    fn start_with(
+        plugins_dir: &Path,
+        data: std::sync::Arc<tempfile::TempDir>,
+        extra_env: Vec<(String, String)>,
+    ) -> Self {
+        use std::io::BufRead;
+        let log = data.path().join(format!(
+            "host-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(host_binary())
+            .args([
+                "serve",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "debug",
+            ])
+            .arg("--plugins-dir")
+            .arg(plugins_dir)
+            .arg("--data-dir")
+            .arg(data.path().join("data"))
+            .env_remove("MWE_CONFIG")
+            .envs(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("host starts");
+        // The host prints its addresses on stdout once it listens.
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut admin = None;
+        while admin.is_none() {
+            match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("admin page: ") {
+                        admin = Some(url.trim_end_matches('/').to_owned());
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "the host did not start: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Self {
+            child,
+            admin: admin.unwrap_or_default(),
+            data,
+            plugins_dir: plugins_dir.to_owned(),
+            extra_env,
+            log,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops the host (SIGKILL: nothing gets a chance to flush) and starts it again on
+    /// the same data folder.
+    pub fn restart(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Self::start_with(
+            &self.plugins_dir.clone(),
+            std::sync::Arc::clone(&self.data),
+            std::mem::take(&mut self.extra_env),
+        )
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
+    }
+
+    /// Everything the host has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn database_file(&self) -> PathBuf {
+        self.data.path().join("data").join("engine.sqlite3")
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        answer(self.http.get(self.url(path)).send().await).await
+    }
+
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        answer(self.http.post(self.url(path)).json(body).send().await).await
+    }
+
+    pub async fn post_empty(&self, path: &str) -> (u16, serde_json::Value) {
+        answer(self.http.post(self.url(path)).send().await).await
+    }
+
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        answer(self.http.put(self.url(path)).json(body).send().await).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        answer(self.http.delete(self.url(path)).send().await).await
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status and JSON body (null when empty) of an answer.
+pub async fn answer(response: reqwest::Result<reqwest::Response>) -> (u16, serde_json::Value) {
+    let response = response.expect("the host answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let json = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    };
+    (status, json)
+}

@@ -1,4 +1,6 @@
 //! End-to-end tests: one test binary, shared helpers in `helpers`.
 
+mod admin_api;
+mod admin_security;
 mod helpers;
 mod plugin_loading;

@@ -81,7 +81,7 @@ impl PluginRunner {
     }
 }
 
-async fn run_blocking<T: Send + 'static>(
+pub async fn run_blocking<T: Send + 'static>(
     timeout: Duration,
     f: impl FnOnce() -> Result<T, PluginError> + Send + 'static,
 ) -> Result<T, PluginError> {

@@ -1,0 +1,206 @@
+//! The admin JSON API. The admin page uses it too.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, Path, Request};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{extract::State, Json};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use crate::configurations::{Configuration, ConfigurationInput, Configurations, Status};
+use crate::plugins::Verdict;
+
+pub type AppState = Arc<Configurations>;
+
+/// A JSON body whose rejections are answered as [`ApiError`]s.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// `GET /api/plugins`: every plugin found, loaded or not, with its declarations.
+pub async fn list_plugins(State(app): State<AppState>) -> Json<Vec<Value>> {
+    let registry = app.registry();
+    let plugins = registry
+        .entries
+        .iter()
+        .map(|entry| match &entry.verdict {
+            Verdict::Loaded(p) => json!({
+                "id": p.manifest.id,
+                "name": p.manifest.name,
+                "version": p.manifest.version,
+                "description": p.manifest.description,
+                "status": "loaded",
+                "folder": entry.folder,
+                "settings": p.manifest.settings,
+                "outbound_event_types": p.manifest.outbound_event_types,
+                "polling_event_types": p.manifest.polling_event_types,
+            }),
+            Verdict::Failed(reason) => json!({
+                "id": entry.folder,
+                "name": entry.folder,
+                "version": null,
+                "status": "failed",
+                "error": reason,
+                "folder": entry.folder,
+                "settings": [],
+                "outbound_event_types": [],
+                "polling_event_types": [],
+            }),
+        })
+        .collect();
+    Json(plugins)
+}
+
+/// A configuration as the API shows it: secrets only as `{"set": bool}`.
+#[derive(Serialize)]
+pub struct ConfigurationView {
+    id: i64,
+    plugin: String,
+    name: String,
+    disabled: bool,
+    status: Status,
+    settings: Map<String, Value>,
+    created_at: String,
+    updated_at: String,
+}
+
+async fn view(app: &Configurations, config: Configuration) -> ConfigurationView {
+    let mut secret_keys = config.secret_keys.clone();
+    if let Some(plugin) = app.registry().plugin(&config.plugin) {
+        secret_keys.extend(
+            plugin
+                .manifest
+                .settings
+                .iter()
+                .filter(|d| d.is_secret())
+                .map(|d| d.key.clone()),
+        );
+    }
+    secret_keys.sort();
+    secret_keys.dedup();
+    let mut settings = config.settings.0;
+    for key in secret_keys {
+        // A secret that could not be decrypted reads as not set: it must be entered again.
+        let set = settings
+            .remove(&key)
+            .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
+        settings.insert(key, json!({ "set": set }));
+    }
+    ConfigurationView {
+        status: app.status(config.id).await,
+        id: config.id,
+        plugin: config.plugin,
+        name: config.name,
+        disabled: config.disabled,
+        settings,
+        created_at: rfc3339(config.created_at),
+        updated_at: rfc3339(config.updated_at),
+    }
+}
+
+fn created(view: ConfigurationView) -> Response {
+    let location = format!("/api/configurations/{}", view.id);
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response()
+}
+
+pub async fn list_configurations(
+    State(app): State<AppState>,
+) -> Result<Json<Vec<ConfigurationView>>, ApiError> {
+    let mut views = Vec::new();
+    for config in app.list().await? {
+        views.push(view(&app, config).await);
+    }
+    Ok(Json(views))
+}
+
+pub async fn get_configuration(
+    State(app): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<ConfigurationView>, ApiError> {
+    let config = app.get(id).await?;
+    Ok(Json(view(&app, config).await))
+}
+
+pub async fn create_configuration(
+    State(app): State<AppState>,
+    ApiJson(input): ApiJson<ConfigurationInput>,
+) -> Result<Response, ApiError> {
+    let config = app.create(input).await?;
+    tracing::info!(configuration = %config.name, plugin = %config.plugin, "configuration created");
+    Ok(created(view(&app, config).await))
+}
+
+pub async fn update_configuration(
+    State(app): State<AppState>,
+    Path(id): Path<i64>,
+    ApiJson(input): ApiJson<ConfigurationInput>,
+) -> Result<Json<ConfigurationView>, ApiError> {
+    let config = app.update(id, input).await?;
+    tracing::info!(configuration = %config.name, plugin = %config.plugin, "configuration saved");
+    Ok(Json(view(&app, config).await))
+}
+
+pub async fn delete_configuration(
+    State(app): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    app.delete(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn copy_configuration(
+    State(app): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let config = app.copy(id).await?;
+    Ok(created(view(&app, config).await))
+}
+
+pub async fn enable_configuration(
+    State(app): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<ConfigurationView>, ApiError> {
+    let config = app.set_disabled(id, false).await?;
+    Ok(Json(view(&app, config).await))
+}
+
+pub async fn disable_configuration(
+    State(app): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<ConfigurationView>, ApiError> {
+    let config = app.set_disabled(id, true).await?;
+    Ok(Json(view(&app, config).await))
+}
+
+pub async fn test_configuration(
+    State(app): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let report = app.test(id).await?;
+    Ok(Json(json!({ "ok": report.ok(), "checks": report.checks })))
+}

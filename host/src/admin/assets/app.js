@@ -1,0 +1,347 @@
+// The admin page. Renders from the JSON API; builds every node with textContent,
+// never innerHTML, so names and messages cannot inject markup.
+"use strict";
+
+const state = { plugins: [], configurations: [], editing: null, tests: {} };
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function token() { return sessionStorage.getItem("adminToken"); }
+
+async function askToken() {
+  const dialog = document.getElementById("token-dialog");
+  const input = document.getElementById("token-input");
+  input.value = "";
+  dialog.showModal();
+  await new Promise((resolve) => dialog.addEventListener("close", resolve, { once: true }));
+  sessionStorage.setItem("adminToken", input.value);
+}
+
+async function api(method, path, body) {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (token()) headers.Authorization = "Bearer " + token();
+    const response = await fetch(path, {
+      method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (response.status === 401) { await askToken(); continue; }
+    const data = response.status === 204 ? null : await response.json().catch(() => null);
+    return { status: response.status, ok: response.ok, data };
+  }
+  return { status: 401, ok: false, data: { error: "an admin token is required" } };
+}
+
+function notify(message, kind = "info") {
+  const notice = document.getElementById("notice");
+  notice.textContent = message;
+  notice.className = "notice " + kind;
+  notice.hidden = false;
+  clearTimeout(notify.timer);
+  notify.timer = setTimeout(() => { notice.hidden = true; }, 6000);
+}
+
+async function load() {
+  const [plugins, configurations] = await Promise.all([
+    api("GET", "/api/plugins"), api("GET", "/api/configurations"),
+  ]);
+  if (!plugins.ok || !configurations.ok) {
+    const error = (plugins.data || configurations.data || {}).error || "the engine did not answer";
+    render(el("p", { class: "error-banner", text: "Cannot load: " + error }));
+    return;
+  }
+  // Loaded plugins first, by name; those that failed to load after them.
+  state.plugins = plugins.data.sort((a, b) =>
+    (a.status === "loaded" ? 0 : 1) - (b.status === "loaded" ? 0 : 1) || a.name.localeCompare(b.name));
+  state.configurations = configurations.data;
+  renderAll();
+  openFromHash();
+}
+
+// Deep links: #add/<plugin id> and #edit/<configuration id> open the form.
+function openFromHash() {
+  const [verb, arg] = decodeURIComponent(location.hash.slice(1)).split("/");
+  if (document.getElementById("form-dialog").open) return;
+  if (verb === "add") {
+    const plugin = state.plugins.find((p) => p.id === arg && p.status === "loaded");
+    if (plugin) openForm(plugin, null);
+  } else if (verb === "edit") {
+    const config = state.configurations.find((c) => String(c.id) === arg);
+    const plugin = config && state.plugins.find((p) => p.id === config.plugin && p.status === "loaded");
+    if (plugin) openForm(plugin, config);
+  }
+}
+
+function render(...nodes) {
+  const main = document.getElementById("main");
+  main.replaceChildren(...nodes);
+}
+
+function statusBadge(config) {
+  const s = config.status || {};
+  const labels = { running: "Running", disabled: "Disabled", plugin_not_loaded: "Plugin not loaded", failed: "Error" };
+  return el("div", {},
+    el("span", { class: "badge " + (s.state || "unknown"), "data-status": s.state }, labels[s.state] || s.state || "?"),
+    s.detail ? el("p", { class: "status-detail", text: s.detail }) : null);
+}
+
+function renderAll() {
+  if (state.plugins.length === 0) {
+    render(el("section", { class: "card" },
+      el("h2", { text: "No plugins" }),
+      el("p", { text: "Put each plugin in its own subfolder of the Plugins folder and restart the engine." })));
+    return;
+  }
+  const known = new Set(state.plugins.map((p) => p.id));
+  const orphans = state.configurations.filter((c) => !known.has(c.plugin));
+  const cards = state.plugins.map((plugin) => pluginCard(plugin,
+    state.configurations.filter((c) => c.plugin === plugin.id)));
+  if (orphans.length) {
+    cards.push(pluginCard({ id: "", name: "Configurations of missing plugins", status: "failed",
+      error: "Their plugin is not in the Plugins folder.", settings: [] }, orphans));
+  }
+  render(...cards);
+}
+
+function pluginCard(plugin, configs) {
+  const loaded = plugin.status === "loaded";
+  const header = el("div", { class: "card-head" },
+    el("div", {},
+      el("h2", {}, plugin.name, plugin.version ? el("span", { class: "version", text: " " + plugin.version }) : null),
+      plugin.description ? el("p", { class: "muted", text: plugin.description }) : null),
+    loaded ? el("button", {
+      class: "primary", "data-action": "add", "data-plugin": plugin.id,
+      onclick: () => openForm(plugin, null),
+    }, "Add configuration") : null);
+  const error = plugin.error ? el("p", { class: "error-banner", "data-plugin-error": plugin.id, text: "Not loaded: " + plugin.error }) : null;
+  const body = configs.length
+    ? el("table", { class: "configs" },
+        el("thead", {}, el("tr", {}, el("th", { text: "Configuration" }), el("th", { text: "Status" }), el("th", { text: "Actions" }))),
+        el("tbody", {}, configs.flatMap((c) => configRows(plugin, c))))
+    : (loaded ? el("p", { class: "muted", text: "No configurations yet." }) : null);
+  return el("section", { class: "card", "data-plugin-card": plugin.id || "missing" }, header, error, body);
+}
+
+function configRows(plugin, config) {
+  const loaded = plugin.status === "loaded";
+  const action = (name, label, handler, cls = "secondary") =>
+    el("button", { class: cls, "data-action": name, onclick: handler }, label);
+  const row = el("tr", { "data-config-id": config.id, "data-config-name": config.name },
+    el("td", { class: "name", text: config.name }),
+    el("td", {}, statusBadge(config)),
+    el("td", { class: "row-actions" },
+      loaded ? action("edit", "Edit", () => openForm(plugin, config)) : null,
+      action("test", "Test", () => runTest(config)),
+      action("copy", "Copy", () => copyConfig(config)),
+      config.disabled
+        ? action("enable", "Enable", () => setDisabled(config, false))
+        : action("disable", "Disable", () => setDisabled(config, true)),
+      action("delete", "Delete", () => deleteConfig(config), "danger")));
+  const rows = [row];
+  const test = state.tests[config.id];
+  if (test) {
+    rows.push(el("tr", { class: "test-row", "data-test-for": config.id },
+      el("td", { colspan: 3 },
+        el("div", { class: "test-result " + (test.ok ? "ok" : "failed") },
+          el("strong", { text: test.ok ? "Test passed" : "Test failed" }),
+          el("ul", {}, (test.checks || []).map((c) =>
+            el("li", { class: c.ok ? "ok" : "failed", "data-check": c.name },
+              el("span", { class: "mark", text: c.ok ? "✓" : "✗" }),
+              el("span", { class: "check-name", text: c.name + ": " }),
+              el("span", { class: "check-detail", text: c.detail }))))))));
+  }
+  return rows;
+}
+
+async function runTest(config) {
+  state.tests[config.id] = { ok: false, checks: [{ name: "Test", ok: false, detail: "running…" }] };
+  renderAll();
+  const r = await api("POST", `/api/configurations/${config.id}/test`);
+  state.tests[config.id] = r.ok ? r.data : { ok: false, checks: [{ name: "Test", ok: false, detail: (r.data || {}).error || "failed" }] };
+  renderAll();
+}
+
+async function copyConfig(config) {
+  const r = await api("POST", `/api/configurations/${config.id}/copy`);
+  if (r.ok) notify(`Copied as "${r.data.name}" (disabled until you enable it).`);
+  else notify((r.data || {}).error || "Copy failed", "error");
+  await load();
+}
+
+async function setDisabled(config, disabled) {
+  const r = await api("POST", `/api/configurations/${config.id}/${disabled ? "disable" : "enable"}`);
+  if (!r.ok) notify((r.data || {}).error || "Failed", "error");
+  await load();
+}
+
+async function deleteConfig(config) {
+  const dialog = document.getElementById("confirm-dialog");
+  document.getElementById("confirm-text").textContent =
+    `Delete the configuration "${config.name}"? It cannot be recovered after deletion.`;
+  dialog.returnValue = "";
+  dialog.showModal();
+  await new Promise((resolve) => dialog.addEventListener("close", resolve, { once: true }));
+  if (dialog.returnValue !== "confirm") return;
+  const r = await api("DELETE", `/api/configurations/${config.id}`);
+  if (r.ok) notify(`Deleted "${config.name}".`);
+  else notify((r.data || {}).error || "Delete failed", "error");
+  delete state.tests[config.id];
+  await load();
+}
+
+// ---- the configuration form, built from the plugin's declarations ----
+
+function field(decl, value) {
+  const id = "f-" + decl.key;
+  const help = decl.help ? el("p", { class: "help", id: id + "-help", text: decl.help }) : null;
+  const error = el("p", { class: "field-error", id: "err-" + decl.key, hidden: true });
+  const label = el("label", { for: id }, decl.label, decl.required ? el("span", { class: "req", text: " *" }) : null);
+  let input;
+  switch (decl.type) {
+    case "bool":
+      input = el("input", { type: "checkbox", id, name: decl.key, checked: value === true });
+      return el("div", { class: "field check", "data-field": decl.key },
+        el("div", { class: "check-line" }, input, label), help, error);
+    case "integer":
+      input = el("input", { type: "number", id, name: decl.key, step: 1, min: decl.min ?? undefined, max: decl.max ?? undefined,
+        value: value ?? "" });
+      break;
+    case "secret": {
+      const set = value && value.set;
+      input = el("input", { type: "password", id, name: decl.key, autocomplete: "new-password",
+        placeholder: set ? "•••••••• (saved; leave empty to keep)" : "" });
+      break;
+    }
+    case "choice":
+      input = el("select", { id, name: decl.key },
+        decl.required ? null : el("option", { value: "", text: "" }),
+        decl.allowed.map((c) => el("option", { value: c.value, selected: c.value === value, text: c.label })));
+      break;
+    case "multi_choice": {
+      const chosen = new Set(Array.isArray(value) ? value : []);
+      input = el("div", { class: "multi", id, role: "group" },
+        decl.allowed.length ? decl.allowed.map((c) => el("label", { class: "option" },
+          el("input", { type: "checkbox", name: decl.key, value: c.value, checked: chosen.has(c.value) }), c.label))
+          : el("span", { class: "muted", text: "(none offered by this plugin)" }));
+      break;
+    }
+    default:
+      input = el("input", { type: "text", id, name: decl.key, value: value ?? "", spellcheck: "false" });
+  }
+  return el("div", { class: "field", "data-field": decl.key }, label, input, help, error);
+}
+
+function openForm(plugin, config) {
+  state.editing = { plugin, config };
+  const values = config ? config.settings : {};
+  document.getElementById("form-title").textContent =
+    (config ? "Edit configuration" : "Add configuration") + " — " + plugin.name;
+  const top = el("fieldset", { class: "section" }, el("legend", { text: "Configuration" }),
+    field({ key: "name", label: "Plugin Configuration Name", type: "text", required: true,
+      help: "A descriptive name: one plugin can have many configurations, e.g. one per environment." }, config ? config.name : ""),
+    field({ key: "disabled", label: "Disabled", type: "bool", help: "A disabled configuration processes no events." },
+      config ? config.disabled : false));
+  const sections = new Map();
+  for (const decl of plugin.settings) {
+    const name = decl.section || "Settings";
+    if (!sections.has(name)) sections.set(name, []);
+    const value = config ? values[decl.key] : decl.default;
+    sections.get(name).push(field(decl, value));
+  }
+  const fieldsets = [...sections].map(([name, fields]) =>
+    el("fieldset", { class: "section" }, el("legend", { text: name }), fields));
+  document.getElementById("form-fields").replaceChildren(top, ...fieldsets);
+  document.getElementById("form-error").hidden = true;
+  history.replaceState(null, "", config ? `#edit/${config.id}` : `#add/${encodeURIComponent(plugin.id)}`);
+  document.getElementById("form-dialog").showModal();
+}
+
+function collect(plugin) {
+  const form = document.getElementById("config-form");
+  const settings = {};
+  for (const decl of plugin.settings) {
+    const inputs = form.querySelectorAll(`[name="${CSS.escape(decl.key)}"]`);
+    switch (decl.type) {
+      case "bool": settings[decl.key] = inputs[0].checked; break;
+      case "integer": {
+        const text = inputs[0].value.trim();
+        settings[decl.key] = text === "" ? null : (Number.isInteger(Number(text)) ? Number(text) : text);
+        break;
+      }
+      case "secret":
+        if (inputs[0].value !== "") settings[decl.key] = inputs[0].value; // empty keeps the saved one
+        break;
+      case "multi_choice":
+        settings[decl.key] = [...inputs].filter((i) => i.checked).map((i) => i.value);
+        break;
+      default: settings[decl.key] = inputs[0].value;
+    }
+  }
+  return {
+    plugin: plugin.id,
+    name: form.querySelector('[name="name"]').value,
+    disabled: form.querySelector('[name="disabled"]').checked,
+    settings,
+  };
+}
+
+function showErrors(errors) {
+  document.querySelectorAll(".field-error").forEach((e) => { e.hidden = true; e.textContent = ""; });
+  document.querySelectorAll(".field.invalid").forEach((e) => e.classList.remove("invalid"));
+  const unplaced = [];
+  for (const [key, message] of Object.entries(errors || {})) {
+    const target = document.getElementById("err-" + key);
+    if (target) {
+      target.textContent = message;
+      target.hidden = false;
+      target.closest(".field").classList.add("invalid");
+    } else unplaced.push(`${key}: ${message}`);
+  }
+  const banner = document.getElementById("form-error");
+  banner.textContent = "Please correct the marked fields." + (unplaced.length ? " " + unplaced.join("; ") : "");
+  banner.hidden = false;
+  const first = document.querySelector(".field.invalid input, .field.invalid select");
+  if (first) first.focus();
+}
+
+async function save(event) {
+  event.preventDefault();
+  const { plugin, config } = state.editing;
+  const body = collect(plugin);
+  const r = config
+    ? await api("PUT", `/api/configurations/${config.id}`, body)
+    : await api("POST", "/api/configurations", body);
+  if (r.status === 422) { showErrors(r.data.errors); return; }
+  if (r.status === 409) { showErrors({ name: r.data.error }); return; }
+  if (!r.ok) {
+    const banner = document.getElementById("form-error");
+    banner.textContent = (r.data || {}).error || "Saving failed";
+    banner.hidden = false;
+    return;
+  }
+  document.getElementById("form-dialog").close();
+  delete state.tests[r.data.id];
+  notify(`Saved "${r.data.name}".`);
+  await load();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("form-dialog").addEventListener("close", () => history.replaceState(null, "", location.pathname));
+  document.getElementById("config-form").addEventListener("submit", save);
+  document.getElementById("form-cancel").addEventListener("click", () => document.getElementById("form-dialog").close());
+  load();
+});

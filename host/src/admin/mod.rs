@@ -1,0 +1,58 @@
+//! The admin address: the JSON API under `/api`, the admin page, `/healthz`.
+
+mod api;
+pub mod error;
+mod guard;
+mod page;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::configurations::Configurations;
+use crate::settings::HostSettings;
+use error::ApiError;
+
+/// Largest request body the admin API takes.
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+pub fn router(configurations: Arc<Configurations>, settings: &HostSettings) -> Router {
+    let guard = Arc::new(guard::Guard::new(
+        settings.admin_listen,
+        &settings.admin_hostnames,
+        settings.admin_token.clone(),
+    ));
+    let api = Router::new()
+        .route("/plugins", get(api::list_plugins))
+        .route(
+            "/configurations",
+            get(api::list_configurations).post(api::create_configuration),
+        )
+        .route(
+            "/configurations/{id}",
+            get(api::get_configuration)
+                .put(api::update_configuration)
+                .delete(api::delete_configuration),
+        )
+        .route("/configurations/{id}/copy", post(api::copy_configuration))
+        .route("/configurations/{id}/test", post(api::test_configuration))
+        .route(
+            "/configurations/{id}/enable",
+            post(api::enable_configuration),
+        )
+        .route(
+            "/configurations/{id}/disable",
+            post(api::disable_configuration),
+        )
+        .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
+        .with_state(configurations);
+    Router::new()
+        .nest("/api", api)
+        .merge(page::routes())
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { ApiError::NotFound("not found".into()) })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
+}
