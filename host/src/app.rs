@@ -6,7 +6,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::admin::AdminState;
 use crate::configurations::{ConfigError, Configurations, Live};
+use crate::engine::Engine;
+use crate::intake::Intake;
+use crate::metrics::Metrics;
 use crate::plugins::runner::CallLimits;
 use crate::plugins::Registry;
 use crate::secrets::{SecretBox, SecretsError};
@@ -50,39 +54,99 @@ pub async fn run(settings: HostSettings) -> Result<(), StartError> {
         concurrency: settings.plugin_concurrency,
     };
     let configurations = Arc::new(Configurations::new(
-        store,
+        store.clone(),
         secrets,
         Arc::new(registry),
         Live::new(limits),
     ));
     configurations.start_all().await?;
 
-    let admin = TcpListener::bind(settings.admin_listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            what: "admin page",
-            addr: settings.admin_listen,
-            source,
-        })?;
+    let metrics = Arc::new(Metrics::default());
+    let engine = Engine::new(
+        store.clone(),
+        Arc::clone(&configurations),
+        Arc::clone(&metrics),
+        &settings,
+    );
+    let waker = Arc::clone(&engine);
+    configurations.set_on_change(Box::new(move |_| waker.wake()));
+    engine.start().await?;
+    let waker = Arc::clone(&engine);
+    let intake = Arc::new(Intake::new(
+        store.clone(),
+        Arc::clone(&configurations),
+        Arc::clone(&metrics),
+        &settings,
+        Box::new(move || waker.wake()),
+    ));
+
+    let admin = bind("admin page", settings.admin_listen).await?;
+    let events = bind("event address", settings.event_listen).await?;
     let admin_addr = admin.local_addr().unwrap_or(settings.admin_listen);
+    let events_addr = events.local_addr().unwrap_or(settings.event_listen);
     announce(&format!("admin page: http://{admin_addr}/"));
+    announce(&format!(
+        "event address: http://{events_addr}/ERSPost?appliance=<Appliance Id>"
+    ));
     tracing::info!(
         plugins = configurations.registry().loaded().count(),
         failed = configurations.registry().failed_count(),
         %admin_addr,
+        %events_addr,
         "engine ready"
     );
 
-    let router = crate::admin::router(Arc::clone(&configurations), &settings);
-    axum::serve(admin, router)
-        .with_graceful_shutdown(crate::shutdown_signal())
-        .await
-        .map_err(|source| StartError::Serve {
-            what: "admin",
-            source,
-        })?;
+    let admin_router = crate::admin::router(
+        Arc::new(AdminState {
+            configurations: Arc::clone(&configurations),
+            store,
+            engine: Arc::clone(&engine),
+            metrics,
+        }),
+        &settings,
+    );
+    let event_router = crate::intake::router(Arc::clone(&intake))
+        .into_make_service_with_connect_info::<SocketAddr>();
+
+    // On Ctrl-C or SIGTERM: refuse new events (503, the appliance keeps them), let
+    // plugin calls in flight finish within the grace period, then close the servers.
+    let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+    let stopper = {
+        let intake = Arc::clone(&intake);
+        let engine = Arc::clone(&engine);
+        let grace = settings.shutdown_grace;
+        tokio::spawn(async move {
+            crate::shutdown_signal().await;
+            tracing::info!("stopping: no new events taken; finishing the calls in flight");
+            intake.stop_accepting();
+            engine.drain(grace).await;
+            let _ = closed_tx.send(true);
+        })
+    };
+    let closed = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|closed| *closed).await;
+    };
+    let admin_server =
+        axum::serve(admin, admin_router).with_graceful_shutdown(closed(closed_rx.clone()));
+    let event_server = axum::serve(events, event_router).with_graceful_shutdown(closed(closed_rx));
+    let (admin_result, event_result) = tokio::join!(admin_server, event_server);
+    stopper.abort();
+    admin_result.map_err(|source| StartError::Serve {
+        what: "admin",
+        source,
+    })?;
+    event_result.map_err(|source| StartError::Serve {
+        what: "event",
+        source,
+    })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { what, addr, source })
 }
 
 /// One line on stdout for whoever started the engine (the demo, the tests).

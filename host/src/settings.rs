@@ -77,6 +77,52 @@ pub struct SettingsArgs {
         value_delimiter = ','
     )]
     pub admin_hostnames: Option<Vec<String>>,
+    /// Shared token the appliance must send as the form field outbound_event_token.
+    /// Prefer the environment variable.
+    #[arg(
+        long,
+        global = true,
+        env = "MWE_EVENT_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub event_token: Option<String>,
+    /// Addresses or networks (CIDR) allowed to post events, comma-separated [default: any]
+    #[arg(
+        long,
+        global = true,
+        env = "MWE_EVENT_ALLOWED_SOURCES",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub event_allowed_sources: Option<Vec<String>>,
+    /// Shortest delay before the first retry, in milliseconds [default: 30000]
+    #[arg(
+        long,
+        global = true,
+        env = "MWE_RETRY_BACKOFF_MIN_MS",
+        value_name = "MS"
+    )]
+    pub retry_backoff_min_ms: Option<u64>,
+    /// Longest delay between retries, in milliseconds [default: 1800000]
+    #[arg(
+        long,
+        global = true,
+        env = "MWE_RETRY_BACKOFF_MAX_MS",
+        value_name = "MS"
+    )]
+    pub retry_backoff_max_ms: Option<u64>,
+    /// Finished events older than this many days are removed from the history [default: 30]
+    #[arg(long, global = true, env = "MWE_RETENTION_DAYS", value_name = "DAYS")]
+    pub retention_days: Option<u32>,
+    /// On shutdown, how long plugin calls in flight may take to finish, in seconds [default: 30]
+    #[arg(
+        long,
+        global = true,
+        env = "MWE_SHUTDOWN_GRACE",
+        value_name = "SECONDS"
+    )]
+    pub shutdown_grace: Option<u64>,
 }
 
 /// The settings file, every key optional.
@@ -93,6 +139,12 @@ struct FileSettings {
     plugin_concurrency: Option<usize>,
     admin_token: Option<String>,
     admin_hostnames: Option<Vec<String>>,
+    event_token: Option<String>,
+    event_allowed_sources: Option<Vec<String>>,
+    retry_backoff_min_ms: Option<u64>,
+    retry_backoff_max_ms: Option<u64>,
+    retention_days: Option<u32>,
+    shutdown_grace: Option<u64>,
 }
 
 /// A secret host setting: compared, never printed.
@@ -128,6 +180,69 @@ pub struct HostSettings {
     pub plugin_concurrency: usize,
     pub admin_token: Option<SecretString>,
     pub admin_hostnames: Vec<String>,
+    pub event_token: Option<SecretString>,
+    pub event_allowed_sources: Vec<IpNet>,
+    pub retry_backoff_min: Duration,
+    pub retry_backoff_max: Duration,
+    pub retention: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// An address or a network in CIDR form (`10.0.0.0/8`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        // An IPv4 peer may arrive as an IPv4-mapped IPv6 address.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (std::net::IpAddr::V4(net), std::net::IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (std::net::IpAddr::V6(net), std::net::IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +337,38 @@ impl HostSettings {
                 .map(|h| h.trim().to_ascii_lowercase())
                 .filter(|h| !h.is_empty())
                 .collect(),
+            event_token: args
+                .event_token
+                .clone()
+                .or(file.event_token)
+                .filter(|t| !t.is_empty())
+                .map(SecretString::new),
+            event_allowed_sources: args
+                .event_allowed_sources
+                .clone()
+                .or(file.event_allowed_sources)
+                .unwrap_or_default()
+                .iter()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.parse::<IpNet>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| SettingsError::Invalid(format!("event_allowed_sources: {e}")))?,
+            retry_backoff_min: Duration::from_millis(
+                args.retry_backoff_min_ms
+                    .or(file.retry_backoff_min_ms)
+                    .unwrap_or(30_000),
+            ),
+            retry_backoff_max: Duration::from_millis(
+                args.retry_backoff_max_ms
+                    .or(file.retry_backoff_max_ms)
+                    .unwrap_or(1_800_000),
+            ),
+            retention: Duration::from_secs(
+                u64::from(args.retention_days.or(file.retention_days).unwrap_or(30)) * 86_400,
+            ),
+            shutdown_grace: Duration::from_secs(
+                args.shutdown_grace.or(file.shutdown_grace).unwrap_or(30),
+            ),
         };
         settings.check()?;
         Ok(settings)
@@ -244,6 +391,16 @@ impl HostSettings {
                     "admin_token must be at least 16 characters".into(),
                 ));
             }
+        }
+        if self.retry_backoff_min.is_zero() || self.retry_backoff_min > self.retry_backoff_max {
+            return Err(SettingsError::Invalid(
+                "retry_backoff_min_ms must be above 0 and not above retry_backoff_max_ms".into(),
+            ));
+        }
+        if self.retention.is_zero() {
+            return Err(SettingsError::Invalid(
+                "retention_days must be at least 1".into(),
+            ));
         }
         if !self.admin_listen.ip().is_loopback() && self.admin_token.is_none() {
             return Err(SettingsError::Invalid(format!(
@@ -293,6 +450,18 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/var/lib/mwe"));
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.admin_listen.to_string(), "127.0.0.1:9100");
+    }
+
+    #[test]
+    fn allowed_sources_match_addresses_and_networks() {
+        let net: IpNet = "10.1.0.0/16".parse().expect("cidr");
+        assert!(net.contains("10.1.200.3".parse().expect("ip")));
+        assert!(!net.contains("10.2.0.1".parse().expect("ip")));
+        assert!(net.contains("::ffff:10.1.0.9".parse().expect("mapped")));
+        let one: IpNet = "::1".parse().expect("ip");
+        assert!(one.contains("::1".parse().expect("ip")));
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        assert!("example.com".parse::<IpNet>().is_err());
     }
 
     #[test]

@@ -121,6 +121,8 @@ pub fn run_host(args: &[&str]) -> Output {
 pub struct TestHost {
     child: std::process::Child,
     pub admin: String,
+    /// The event address' base URL (`http://127.0.0.1:<port>`).
+    pub events: String,
     pub data: std::sync::Arc<tempfile::TempDir>,
     plugins_dir: PathBuf,
     extra_env: Vec<(String, String)>,
@@ -170,8 +172,17 @@ impl TestHost {
                 "serve",
                 "--admin-listen",
                 "127.0.0.1:0",
+                "--event-listen",
+                "127.0.0.1:0",
                 "--log-level",
                 "debug",
+            ])
+            // Retries in tests come quickly; the default starts at 30 s.
+            .args([
+                "--retry-backoff-min-ms",
+                "100",
+                "--retry-backoff-max-ms",
+                "400",
             ])
             .arg("--plugins-dir")
             .arg(plugins_dir)
@@ -194,12 +205,15 @@ impl TestHost {
                 }
             }
         });
-        let mut admin = None;
-        while admin.is_none() {
+        let (mut admin, mut events) = (None, None);
+        while admin.is_none() || events.is_none() {
             match rx.recv_timeout(std::time::Duration::from_secs(60)) {
                 Ok(line) => {
                     if let Some(url) = line.strip_prefix("admin page: ") {
                         admin = Some(url.trim_end_matches('/').to_owned());
+                    }
+                    if let Some(url) = line.strip_prefix("event address: ") {
+                        events = url.split("/ERSPost").next().map(str::to_owned);
                     }
                 }
                 Err(_) => {
@@ -214,6 +228,7 @@ impl TestHost {
         Self {
             child,
             admin: admin.unwrap_or_default(),
+            events: events.unwrap_or_default(),
             data,
             plugins_dir: plugins_dir.to_owned(),
             extra_env,
@@ -225,13 +240,33 @@ impl TestHost {
     /// Stops the host (SIGKILL: nothing gets a chance to flush) and starts it again on
     /// the same data folder.
     pub fn restart(mut self) -> Self {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
+        self.start_again()
+    }
+
+    /// Starts a new host process on this one's data folder (after this one exited).
+    pub fn start_again(&mut self) -> Self {
         Self::start_with(
             &self.plugins_dir.clone(),
             std::sync::Arc::clone(&self.data),
             std::mem::take(&mut self.extra_env),
         )
+    }
+
+    /// SIGKILL, now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process id, to send it signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        self.child.wait().ok().and_then(|s| s.code())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -266,6 +301,71 @@ impl TestHost {
     pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
         answer(self.http.delete(self.url(path)).send().await).await
     }
+
+    /// Posts an outbound event the way the appliance does.
+    pub async fn post_event(
+        &self,
+        appliance: Option<&str>,
+        form: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        let url = match appliance {
+            Some(a) => format!("{}/ERSPost?appliance={a}", self.events),
+            None => format!("{}/ERSPost", self.events),
+        };
+        answer(self.http.post(url).form(form).send().await).await
+    }
+
+    /// The history, newest first, filtered by a query string such as `state=failed`.
+    pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {
+        let (status, body) = self.get(&format!("/api/events?{query}")).await;
+        assert_eq!(status, 200, "{body}");
+        body.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the history has `count` events in `state` (and returns them), or
+    /// fails the test after a generous deadline.
+    pub async fn wait_for_state(&self, state: &str, count: usize) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let found = self.events(&format!("state={state}&limit=1000")).await;
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 60 s for {count} events in state {state}; history: {:?}",
+                self.events("limit=50").await
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Waits until a file has at least `count` JSON lines (a plugin recorded its calls).
+pub async fn wait_for_lines(path: &Path, count: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let lines = json_lines(path);
+        if lines.len() >= count {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 30 s for {count} lines in {}",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The JSON lines of a file (empty when the file does not exist yet).
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
 }
 
 impl Drop for TestHost {

@@ -2,5 +2,6 @@
 
 mod admin_api;
 mod admin_security;
+mod events;
 mod helpers;
 mod plugin_loading;

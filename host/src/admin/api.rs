@@ -13,7 +13,15 @@ use super::error::ApiError;
 use crate::configurations::{Configuration, ConfigurationInput, Configurations, Status};
 use crate::plugins::Verdict;
 
-pub type AppState = Arc<Configurations>;
+/// What the admin handlers share.
+pub struct AdminState {
+    pub configurations: Arc<Configurations>,
+    pub store: crate::store::Store,
+    pub engine: Arc<crate::engine::Engine>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+pub type AppState = Arc<AdminState>;
 
 /// A JSON body whose rejections are answered as [`ApiError`]s.
 pub struct ApiJson<T>(pub T);
@@ -39,7 +47,7 @@ fn rfc3339(ms: i64) -> String {
 
 /// `GET /api/plugins`: every plugin found, loaded or not, with its declarations.
 pub async fn list_plugins(State(app): State<AppState>) -> Json<Vec<Value>> {
-    let registry = app.registry();
+    let registry = app.configurations.registry();
     let plugins = registry
         .entries
         .iter()
@@ -132,8 +140,8 @@ pub async fn list_configurations(
     State(app): State<AppState>,
 ) -> Result<Json<Vec<ConfigurationView>>, ApiError> {
     let mut views = Vec::new();
-    for config in app.list().await? {
-        views.push(view(&app, config).await);
+    for config in app.configurations.list().await? {
+        views.push(view(&app.configurations, config).await);
     }
     Ok(Json(views))
 }
@@ -142,17 +150,17 @@ pub async fn get_configuration(
     State(app): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<ConfigurationView>, ApiError> {
-    let config = app.get(id).await?;
-    Ok(Json(view(&app, config).await))
+    let config = app.configurations.get(id).await?;
+    Ok(Json(view(&app.configurations, config).await))
 }
 
 pub async fn create_configuration(
     State(app): State<AppState>,
     ApiJson(input): ApiJson<ConfigurationInput>,
 ) -> Result<Response, ApiError> {
-    let config = app.create(input).await?;
+    let config = app.configurations.create(input).await?;
     tracing::info!(configuration = %config.name, plugin = %config.plugin, "configuration created");
-    Ok(created(view(&app, config).await))
+    Ok(created(view(&app.configurations, config).await))
 }
 
 pub async fn update_configuration(
@@ -160,16 +168,16 @@ pub async fn update_configuration(
     Path(id): Path<i64>,
     ApiJson(input): ApiJson<ConfigurationInput>,
 ) -> Result<Json<ConfigurationView>, ApiError> {
-    let config = app.update(id, input).await?;
+    let config = app.configurations.update(id, input).await?;
     tracing::info!(configuration = %config.name, plugin = %config.plugin, "configuration saved");
-    Ok(Json(view(&app, config).await))
+    Ok(Json(view(&app.configurations, config).await))
 }
 
 pub async fn delete_configuration(
     State(app): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    app.delete(id).await?;
+    app.configurations.delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -177,30 +185,30 @@ pub async fn copy_configuration(
     State(app): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let config = app.copy(id).await?;
-    Ok(created(view(&app, config).await))
+    let config = app.configurations.copy(id).await?;
+    Ok(created(view(&app.configurations, config).await))
 }
 
 pub async fn enable_configuration(
     State(app): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<ConfigurationView>, ApiError> {
-    let config = app.set_disabled(id, false).await?;
-    Ok(Json(view(&app, config).await))
+    let config = app.configurations.set_disabled(id, false).await?;
+    Ok(Json(view(&app.configurations, config).await))
 }
 
 pub async fn disable_configuration(
     State(app): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<ConfigurationView>, ApiError> {
-    let config = app.set_disabled(id, true).await?;
-    Ok(Json(view(&app, config).await))
+    let config = app.configurations.set_disabled(id, true).await?;
+    Ok(Json(view(&app.configurations, config).await))
 }
 
 pub async fn test_configuration(
     State(app): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    let report = app.test(id).await?;
+    let report = app.configurations.test(id).await?;
     Ok(Json(json!({ "ok": report.ok(), "checks": report.checks })))
 }

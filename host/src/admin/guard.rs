@@ -80,7 +80,7 @@ impl Guard {
             }
         }
         if let Some(token) = &self.token {
-            if path.starts_with("/api/") {
+            if path.starts_with("/api/") || path == "/metrics" {
                 let given = headers
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
@@ -112,7 +112,8 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets without leaking where they differ through timing.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

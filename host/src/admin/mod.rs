@@ -2,6 +2,7 @@
 
 mod api;
 pub mod error;
+mod events_api;
 mod guard;
 mod page;
 
@@ -11,14 +12,15 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::configurations::Configurations;
 use crate::settings::HostSettings;
+pub use api::AdminState;
 use error::ApiError;
+pub use guard::constant_time_eq;
 
 /// Largest request body the admin API takes.
 pub const BODY_LIMIT: usize = 256 * 1024;
 
-pub fn router(configurations: Arc<Configurations>, settings: &HostSettings) -> Router {
+pub fn router(state: Arc<AdminState>, settings: &HostSettings) -> Router {
     let guard = Arc::new(guard::Guard::new(
         settings.admin_listen,
         &settings.admin_hostnames,
@@ -46,12 +48,16 @@ pub fn router(configurations: Arc<Configurations>, settings: &HostSettings) -> R
             "/configurations/{id}/disable",
             post(api::disable_configuration),
         )
+        .route("/events", get(events_api::list_events))
+        .route("/events/{id}", get(events_api::get_event))
+        .route("/events/{id}/retry", post(events_api::retry_event))
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
-        .with_state(configurations);
+        .with_state(Arc::clone(&state));
     Router::new()
         .nest("/api", api)
         .merge(page::routes())
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(events_api::metrics).with_state(state))
         .fallback(|| async { ApiError::NotFound("not found".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(guard, guard::guard))

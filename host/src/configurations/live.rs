@@ -7,6 +7,8 @@ use plugin_api::Settings;
 use serde::Serialize;
 use tokio::sync::RwLock;
 
+use super::policy::EventPolicy;
+use super::Configuration;
 use crate::plugins::runner::{CallLimits, PluginRunner};
 use crate::plugins::Registry;
 
@@ -23,8 +25,23 @@ pub enum Status {
 }
 
 struct Slot {
+    name: String,
+    disabled: bool,
     status: Status,
+    policy: EventPolicy,
     runner: Option<PluginRunner>,
+    created_at: i64,
+}
+
+/// What the engine needs of one enabled configuration.
+#[derive(Clone)]
+pub struct Target {
+    pub id: i64,
+    pub name: String,
+    pub policy: EventPolicy,
+    pub runner: Option<PluginRunner>,
+    pub status: Status,
+    pub created_at: i64,
 }
 
 /// Configuration id -> its instance.
@@ -47,33 +64,17 @@ impl Live {
 
     /// Opens (or reopens, or closes) the instance of one configuration to match it.
     /// Calls in flight on the old instance finish on it; it closes after them.
-    pub async fn apply(
-        &self,
-        registry: &Registry,
-        id: i64,
-        plugin: &str,
-        name: &str,
-        disabled: bool,
-        settings: &Settings,
-    ) -> Status {
-        let slot = if disabled {
-            Slot {
-                status: Status::Disabled,
-                runner: None,
-            }
+    pub async fn apply(&self, registry: &Registry, config: &Configuration) -> Status {
+        let (name, plugin) = (config.name.as_str(), config.plugin.as_str());
+        let (status, runner) = if config.disabled {
+            (Status::Disabled, None)
         } else {
-            match open(registry, plugin, name, settings, self.limits).await {
-                Ok(runner) => Slot {
-                    status: Status::Running,
-                    runner: Some(runner),
-                },
-                Err(status) => Slot {
-                    status,
-                    runner: None,
-                },
+            match open(registry, plugin, name, &config.settings, self.limits).await {
+                Ok(runner) => (Status::Running, Some(runner)),
+                Err(status) => (status, None),
             }
         };
-        match &slot.status {
+        match &status {
             Status::Running => {
                 tracing::info!(configuration = name, plugin, "configuration running")
             }
@@ -88,9 +89,82 @@ impl Live {
                 )
             }
         }
-        let status = slot.status.clone();
-        self.slots.write().await.insert(id, slot);
+        let slot = Slot {
+            name: config.name.clone(),
+            disabled: config.disabled,
+            status: status.clone(),
+            policy: EventPolicy::from_settings(&config.settings),
+            runner,
+            created_at: config.created_at,
+        };
+        self.slots.write().await.insert(config.id, slot);
         status
+    }
+
+    /// The enabled configurations an outbound event goes to.
+    pub async fn routes(&self, appliance_id: &str, event_type: &str) -> Vec<(i64, String)> {
+        let mut routes: Vec<(i64, String)> = self
+            .slots
+            .read()
+            .await
+            .iter()
+            .filter(|(_, s)| !s.disabled && s.policy.routes(appliance_id, event_type))
+            .map(|(id, s)| (*id, s.name.clone()))
+            .collect();
+        routes.sort();
+        routes
+    }
+
+    /// Why no enabled configuration takes an event, for the history.
+    pub async fn why_not_routed(&self, appliance_id: &str, event_type: &str) -> String {
+        let slots = self.slots.read().await;
+        let for_appliance = slots
+            .values()
+            .filter(|s| !s.disabled && s.policy.appliance_id == appliance_id)
+            .count();
+        if for_appliance == 0 {
+            format!("no enabled configuration has the Appliance Id {appliance_id:?}")
+        } else {
+            format!(
+                "no enabled configuration with the Appliance Id {appliance_id:?} handles {event_type} (see its Outbound Events Types)"
+            )
+        }
+    }
+
+    /// One enabled configuration, for the engine; `None` when disabled or deleted.
+    pub async fn target(&self, id: i64) -> Option<Target> {
+        self.slots
+            .read()
+            .await
+            .get(&id)
+            .filter(|s| !s.disabled)
+            .map(|s| Target {
+                id,
+                name: s.name.clone(),
+                policy: s.policy.clone(),
+                runner: s.runner.clone(),
+                status: s.status.clone(),
+                created_at: s.created_at,
+            })
+    }
+
+    /// Every enabled configuration that polls.
+    pub async fn pollers(&self) -> Vec<Target> {
+        let ids: Vec<i64> = self
+            .slots
+            .read()
+            .await
+            .iter()
+            .filter(|(_, s)| !s.disabled && s.policy.polls().is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut targets = Vec::new();
+        for id in ids {
+            if let Some(t) = self.target(id).await {
+                targets.push(t);
+            }
+        }
+        targets
     }
 
     pub async fn remove(&self, id: i64) {

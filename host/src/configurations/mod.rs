@@ -2,6 +2,7 @@
 //! sealed, and kept live (an open instance per enabled configuration).
 
 pub mod live;
+pub mod policy;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -14,7 +15,8 @@ use crate::plugins::Registry;
 use crate::secrets::{SecretBox, SecretsError};
 use crate::store::{ConfigurationRow, NewConfiguration, Store, StoreError};
 
-pub use live::{Live, Status};
+pub use live::{Live, Status, Target};
+pub use policy::EventPolicy;
 pub use validate::{ConfigurationInput, FieldErrors};
 
 /// A configuration with its secrets decrypted, for the host's own use only.
@@ -76,6 +78,7 @@ pub struct Configurations {
     secrets: SecretBox,
     registry: Arc<Registry>,
     live: Live,
+    on_change: std::sync::OnceLock<Box<dyn Fn(i64) + Send + Sync>>,
 }
 
 impl Configurations {
@@ -85,6 +88,7 @@ impl Configurations {
             secrets,
             registry,
             live,
+            on_change: std::sync::OnceLock::new(),
         }
     }
 
@@ -205,7 +209,25 @@ impl Configurations {
             other => other?,
         }
         self.live.remove(id).await;
-        tracing::info!(configuration_id = id, "configuration deleted");
+        let failed = self
+            .store
+            .call(move |conn| {
+                crate::store::events::fail_waiting(
+                    conn,
+                    id,
+                    "the configuration was deleted",
+                    crate::store::now_ms(),
+                )
+            })
+            .await?;
+        tracing::info!(
+            configuration_id = id,
+            waiting_events_failed = failed,
+            "configuration deleted"
+        );
+        if let Some(hook) = self.on_change.get() {
+            hook(id);
+        }
         Ok(())
     }
 
@@ -354,16 +376,17 @@ impl Configurations {
     }
 
     async fn apply(&self, config: &Configuration) -> Status {
-        self.live
-            .apply(
-                &self.registry,
-                config.id,
-                &config.plugin,
-                &config.name,
-                config.disabled,
-                &config.settings,
-            )
-            .await
+        let status = self.live.apply(&self.registry, config).await;
+        if let Some(hook) = self.on_change.get() {
+            hook(config.id);
+        }
+        status
+    }
+
+    /// Called with a configuration's id whenever it is applied or deleted (the engine
+    /// uses it to wake its dispatcher).
+    pub fn set_on_change(&self, hook: Box<dyn Fn(i64) + Send + Sync>) {
+        let _ = self.on_change.set(hook);
     }
 }
 

@@ -20,6 +20,55 @@ const MIGRATIONS: &[&str] = &[
         updated_at  INTEGER NOT NULL,
         UNIQUE (plugin, name)
     );",
+    // 2: events, their jobs (one per configuration, or one 'ignored'), attempts, polling cursors
+    "CREATE TABLE events (
+        id            INTEGER PRIMARY KEY,
+        source        TEXT NOT NULL,      -- outbound | polling
+        appliance_id  TEXT NOT NULL,
+        event_type    TEXT NOT NULL,
+        lsid          TEXT,
+        timestamp     INTEGER NOT NULL,   -- Unix seconds, as the appliance sent it
+        fields        TEXT NOT NULL,      -- JSON object of every form field
+        received_at   INTEGER NOT NULL,   -- ms
+        dedup_key     TEXT UNIQUE
+    );
+    CREATE TABLE jobs (
+        id                 INTEGER PRIMARY KEY,
+        event_id           INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+        configuration_id   INTEGER,       -- NULL for an ignored event
+        configuration_name TEXT,
+        source             TEXT NOT NULL,
+        event_type         TEXT NOT NULL,
+        lsid               TEXT,
+        state              TEXT NOT NULL, -- pending running succeeded skipped retrying failed ignored
+        attempts           INTEGER NOT NULL DEFAULT 0,  -- runs started
+        failures           INTEGER NOT NULL DEFAULT 0,  -- runs that failed (counted against the retry limit)
+        next_attempt_at    INTEGER NOT NULL,
+        last_error         TEXT,
+        result             TEXT,
+        received_at        INTEGER NOT NULL,
+        updated_at         INTEGER NOT NULL
+    );
+    CREATE INDEX jobs_due ON jobs (state, next_attempt_at);
+    CREATE INDEX jobs_session ON jobs (configuration_id, lsid, id);
+    CREATE INDEX jobs_history ON jobs (configuration_id, id);
+    CREATE TABLE attempts (
+        id           INTEGER PRIMARY KEY,
+        job_id       INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        number       INTEGER NOT NULL,
+        started_at   INTEGER NOT NULL,
+        finished_at  INTEGER,
+        outcome      TEXT NOT NULL,       -- succeeded skipped error interrupted
+        error_kind   TEXT,
+        message      TEXT
+    );
+    CREATE INDEX attempts_job ON attempts (job_id, number);
+    CREATE TABLE poll_cursors (
+        configuration_id INTEGER PRIMARY KEY,
+        cursor           TEXT,
+        last_poll_at     INTEGER,
+        last_error       TEXT
+    );",
 ];
 
 pub(super) fn apply(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

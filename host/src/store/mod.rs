@@ -5,6 +5,7 @@
 //! anyway, and a single connection keeps each transaction's view simple.
 
 mod configurations;
+pub mod events;
 mod migrations;
 
 use std::path::{Path, PathBuf};

@@ -72,10 +72,12 @@ async function load() {
   openFromHash();
 }
 
-// Deep links: #add/<plugin id> and #edit/<configuration id> open the form.
+// Deep links: #add/<plugin id> and #edit/<configuration id> open the form;
+// #history or #history/<configuration id> the event history.
 function openFromHash() {
   const [verb, arg] = decodeURIComponent(location.hash.slice(1)).split("/");
-  if (document.getElementById("form-dialog").open) return;
+  if (document.getElementById("form-dialog").open || document.getElementById("history-dialog").open) return;
+  if (verb === "history") { openHistory({ configuration: arg || "" }); return; }
   if (verb === "add") {
     const plugin = state.plugins.find((p) => p.id === arg && p.status === "loaded");
     if (plugin) openForm(plugin, null);
@@ -143,14 +145,15 @@ function configRows(plugin, config) {
   const row = el("tr", { "data-config-id": config.id, "data-config-name": config.name },
     el("td", { class: "name", text: config.name }),
     el("td", {}, statusBadge(config)),
-    el("td", { class: "row-actions" },
+    el("td", {}, el("div", { class: "row-actions" },
       loaded ? action("edit", "Edit", () => openForm(plugin, config)) : null,
       action("test", "Test", () => runTest(config)),
+      action("history", "History", () => openHistory({ configuration: String(config.id) })),
       action("copy", "Copy", () => copyConfig(config)),
       config.disabled
         ? action("enable", "Enable", () => setDisabled(config, false))
         : action("disable", "Disable", () => setDisabled(config, true)),
-      action("delete", "Delete", () => deleteConfig(config), "danger")));
+      action("delete", "Delete", () => deleteConfig(config), "danger"))));
   const rows = [row];
   const test = state.tests[config.id];
   if (test) {
@@ -201,6 +204,80 @@ async function deleteConfig(config) {
   else notify((r.data || {}).error || "Delete failed", "error");
   delete state.tests[config.id];
   await load();
+}
+
+// ---- the event history ----
+
+const history = { filters: { configuration: "", state: "", lsid: "" }, open: new Set() };
+
+function fmtTime(t) { return t ? new Date(t).toLocaleString() : ""; }
+
+async function openHistory(filters) {
+  Object.assign(history.filters, { configuration: "", state: "", lsid: "" }, filters || {});
+  const select = document.getElementById("filter-configuration");
+  select.replaceChildren(el("option", { value: "", text: "all" }),
+    ...state.configurations.map((c) => el("option", { value: String(c.id), text: c.name })));
+  select.value = history.filters.configuration;
+  document.getElementById("filter-state").value = history.filters.state;
+  document.getElementById("filter-lsid").value = history.filters.lsid;
+  const dialog = document.getElementById("history-dialog");
+  if (!dialog.open) dialog.showModal();
+  await loadHistory();
+}
+
+async function loadHistory() {
+  const params = new URLSearchParams({ limit: "200" });
+  for (const [k, v] of Object.entries(history.filters)) if (v) params.set(k, v);
+  const r = await api("GET", "/api/events?" + params);
+  const body = document.getElementById("history-body");
+  if (!r.ok) { body.replaceChildren(el("p", { class: "error-banner", text: (r.data || {}).error || "Cannot load the history" })); return; }
+  if (r.data.length === 0) { body.replaceChildren(el("p", { class: "muted", text: "No events match." })); return; }
+  const rows = [];
+  for (const e of r.data) {
+    rows.push(el("tr", { "data-event-id": e.id },
+      el("td", { text: fmtTime(e.received_at) }),
+      el("td", { text: e.configuration_name || "—" }),
+      el("td", {}, el("code", { text: e.event_type }), e.source === "polling" ? el("span", { class: "muted", text: " (polled)" }) : null),
+      el("td", {}, el("code", { text: e.lsid || "" })),
+      el("td", {}, el("span", { class: "badge " + e.state, "data-state": e.state, text: e.state })),
+      el("td", { class: "num", text: String(e.attempts) }),
+      el("td", { class: "detail" }, e.last_error || e.result || "",
+        e.state === "retrying" && e.next_attempt_at ? el("div", { class: "muted", text: "next attempt " + fmtTime(e.next_attempt_at) }) : null),
+      el("td", {}, el("div", { class: "row-actions" },
+        el("button", { class: "secondary", "data-action": "attempts", onclick: () => toggleAttempts(e.id) }, "Attempts"),
+        e.state === "failed" ? el("button", { class: "primary", "data-action": "retry", onclick: () => retryEvent(e.id) }, "Retry now") : null))));
+    if (history.open.has(e.id)) rows.push(el("tr", { class: "attempts-row", "data-attempts-for": e.id }, el("td", { colspan: 8, id: "attempts-" + e.id })));
+  }
+  body.replaceChildren(el("table", { class: "history" },
+    el("thead", {}, el("tr", {}, ["Received", "Configuration", "Event", "Session", "State", "Attempts", "Detail", ""].map((h) => el("th", { text: h })))),
+    el("tbody", {}, rows)));
+  for (const id of history.open) await showAttempts(id);
+}
+
+async function toggleAttempts(id) {
+  if (history.open.has(id)) history.open.delete(id); else history.open.add(id);
+  await loadHistory();
+}
+
+async function showAttempts(id) {
+  const cell = document.getElementById("attempts-" + id);
+  if (!cell) return;
+  const r = await api("GET", `/api/events/${id}`);
+  if (!r.ok) { cell.textContent = (r.data || {}).error || "Cannot load"; return; }
+  const log = r.data.attempt_log || [];
+  cell.replaceChildren(log.length
+    ? el("ol", { class: "attempts" }, log.map((a) => el("li", { "data-outcome": a.outcome },
+        el("strong", { text: a.outcome }), " ", el("span", { class: "muted", text: fmtTime(a.started_at) }),
+        a.error_kind ? el("span", { text: ` [${a.error_kind}]` }) : null,
+        a.message ? el("div", { text: a.message }) : null)))
+    : el("p", { class: "muted", text: "No attempt yet." }));
+}
+
+async function retryEvent(id) {
+  const r = await api("POST", `/api/events/${id}/retry`);
+  if (r.ok) notify("Queued again.");
+  else notify((r.data || {}).error || "Retry failed", "error");
+  await loadHistory();
 }
 
 // ---- the configuration form, built from the plugin's declarations ----
@@ -342,6 +419,17 @@ async function save(event) {
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("form-dialog").addEventListener("close", () => history.replaceState(null, "", location.pathname));
   document.getElementById("config-form").addEventListener("submit", save);
+  document.getElementById("open-history").addEventListener("click", () => openHistory({}));
+  document.getElementById("history-close").addEventListener("click", () => document.getElementById("history-dialog").close());
+  document.getElementById("history-filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    history.filters = {
+      configuration: document.getElementById("filter-configuration").value,
+      state: document.getElementById("filter-state").value,
+      lsid: document.getElementById("filter-lsid").value.trim(),
+    };
+    loadHistory();
+  });
   document.getElementById("form-cancel").addEventListener("click", () => document.getElementById("form-dialog").close());
   load();
 });

@@ -1,0 +1,329 @@
+//! The engine: hands queued jobs to plugin instances (one session's jobs in order,
+//! different sessions in parallel, bounded per configuration), applies each
+//! configuration's retry policy, pauses a throttled configuration's queue, polls
+//! appliances, and prunes old history.
+
+mod polling;
+pub mod retry;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use plugin_api::{ErrorKind, Event, EventSource, PluginError};
+use tokio::sync::Notify;
+
+use crate::configurations::Configurations;
+use crate::metrics::Metrics;
+use crate::settings::HostSettings;
+use crate::store::events::{self, Claimed};
+use crate::store::{now_ms, Store};
+use retry::Backoff;
+
+/// Jobs looked at per dispatch round.
+const DUE_BATCH: usize = 256;
+/// The dispatcher looks again at least this often, whatever wakes it.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+pub struct Engine {
+    store: Store,
+    configurations: Arc<Configurations>,
+    metrics: Arc<Metrics>,
+    backoff: Backoff,
+    concurrency: usize,
+    retention: Duration,
+    wake: Notify,
+    state: Mutex<DispatchState>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+    stopping: AtomicBool,
+}
+
+#[derive(Default)]
+struct DispatchState {
+    /// Jobs running per configuration.
+    running: HashMap<i64, usize>,
+    /// Throttled configurations and until when (ms).
+    paused_until: HashMap<i64, i64>,
+    /// Configurations being polled right now.
+    polling: HashSet<i64>,
+    /// When each configuration last polled (ms), this run.
+    last_poll: HashMap<i64, i64>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        configurations: Arc<Configurations>,
+        metrics: Arc<Metrics>,
+        settings: &HostSettings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            configurations,
+            metrics,
+            backoff: Backoff {
+                min: settings.retry_backoff_min,
+                max: settings.retry_backoff_max,
+            },
+            concurrency: settings.plugin_concurrency,
+            retention: settings.retention,
+            wake: Notify::new(),
+            state: Mutex::new(DispatchState::default()),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// Something changed (an event stored, a configuration saved): look again.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Puts jobs that were running when the engine last stopped back in the queue,
+    /// then starts dispatching, polling and pruning.
+    pub async fn start(self: &Arc<Self>) -> Result<(), crate::store::StoreError> {
+        let recovered = self
+            .store
+            .call(|conn| events::recover(conn, now_ms()))
+            .await?;
+        if recovered > 0 {
+            tracing::warn!(
+                jobs = recovered,
+                "resuming jobs interrupted by the last stop"
+            );
+        }
+        tokio::spawn(Arc::clone(self).dispatch_loop());
+        tokio::spawn(Arc::clone(self).poll_loop());
+        tokio::spawn(Arc::clone(self).prune_loop());
+        Ok(())
+    }
+
+    /// Stops taking new jobs and waits up to `grace` for those in flight.
+    pub async fn drain(&self, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        let deadline = Instant::now() + grace;
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            let idle = self.idle.notified();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline.into(), idle)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    jobs = self.in_flight.load(Ordering::SeqCst),
+                    "jobs still running at shutdown; they run again at the next start"
+                );
+                break;
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DispatchState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn dispatch_loop(self: Arc<Self>) {
+        loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let wait = match self.dispatch_round().await {
+                Ok(wait) => wait,
+                Err(e) => {
+                    tracing::error!("dispatch failed: {e}");
+                    IDLE_TICK
+                }
+            };
+            let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+        }
+    }
+
+    /// Starts every job that may run now; returns how long to wait before looking again.
+    async fn dispatch_round(self: &Arc<Self>) -> Result<Duration, crate::store::StoreError> {
+        let now = now_ms();
+        let due = self
+            .store
+            .call(move |conn| events::due(conn, now, DUE_BATCH))
+            .await?;
+        for job in due {
+            if self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            let Some(target) = self
+                .configurations
+                .live()
+                .target(job.configuration_id)
+                .await
+            else {
+                continue; // disabled: its jobs wait until it is enabled again
+            };
+            {
+                let mut state = self.lock();
+                if state
+                    .paused_until
+                    .get(&job.configuration_id)
+                    .is_some_and(|until| *until > now)
+                {
+                    continue;
+                }
+                let running = state.running.entry(job.configuration_id).or_default();
+                if *running >= self.concurrency {
+                    continue;
+                }
+                *running += 1;
+            }
+            let claimed = self
+                .store
+                .call(move |conn| events::claim(conn, job.job_id, now_ms()))
+                .await;
+            match claimed {
+                Ok(Some(claimed)) => {
+                    self.in_flight.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(Arc::clone(self).run(target, claimed));
+                }
+                other => {
+                    self.release(job.configuration_id);
+                    other?;
+                }
+            }
+        }
+        let next = self.store.call(|conn| events::next_due_at(conn)).await?;
+        let pause_end = self
+            .lock()
+            .paused_until
+            .values()
+            .copied()
+            .filter(|t| *t > now)
+            .min();
+        let soonest = [next, pause_end].into_iter().flatten().min();
+        Ok(match soonest {
+            Some(at) if at > now => {
+                Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(IDLE_TICK)
+            }
+            Some(_) => Duration::from_millis(50).min(IDLE_TICK),
+            None => IDLE_TICK,
+        })
+    }
+
+    fn release(&self, configuration_id: i64) {
+        let mut state = self.lock();
+        if let Some(running) = state.running.get_mut(&configuration_id) {
+            *running = running.saturating_sub(1);
+        }
+    }
+
+    async fn run(self: Arc<Self>, target: crate::configurations::Target, job: Claimed) {
+        let source = if job.source == "polling" {
+            EventSource::Polling
+        } else {
+            EventSource::Outbound
+        };
+        let event = Event {
+            id: job.event_id,
+            source,
+            event_type: job.event_type.clone(),
+            appliance_id: job.appliance_id.clone(),
+            timestamp: job.timestamp,
+            lsid: job.lsid.clone(),
+            fields: job.fields.clone(),
+            attempt: job.attempt,
+        };
+        let started = Instant::now();
+        let result = match &target.runner {
+            Some(runner) => runner.handle_event(event).await,
+            None => Err(PluginError::new(
+                ErrorKind::Configuration,
+                format!(
+                    "the configuration {:?} is not running: {}",
+                    target.name,
+                    describe(&target.status)
+                ),
+            )),
+        };
+        self.metrics.plugin_call(started.elapsed());
+        let jitter = random_unit();
+        let decision = retry::decide(
+            &result,
+            &target.policy,
+            source,
+            &job.event_type,
+            job.failures,
+            now_ms(),
+            &self.backoff,
+            jitter,
+        );
+        if let Some(until) = decision.pause_until {
+            tracing::warn!(configuration = %target.name, "throttled: pausing this configuration's queue for {} ms", until - now_ms());
+            self.lock().paused_until.insert(target.id, until);
+        }
+        if decision.finish.state == events::RETRYING && decision.pause_until.is_none() {
+            self.metrics.retry_scheduled();
+        }
+        match &decision.finish.error {
+            Some((kind, message)) => tracing::warn!(
+                configuration = %target.name, event = %job.event_type, lsid = ?job.lsid,
+                attempt = job.attempt, state = decision.finish.state, "{kind}: {message}"
+            ),
+            None => tracing::info!(
+                configuration = %target.name, event = %job.event_type, lsid = ?job.lsid,
+                state = decision.finish.state, "{}", decision.finish.result.as_deref().unwrap_or("")
+            ),
+        }
+        let finish = decision.finish;
+        let saved = self
+            .store
+            .call(move |conn| events::finish(conn, &job, &finish, now_ms()))
+            .await;
+        if let Err(e) = saved {
+            // The job stays 'running' in the store and runs again at the next start.
+            tracing::error!(configuration = %target.name, "cannot record the job's outcome: {e}");
+        }
+        self.release(target.id);
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+        self.wake.notify_one();
+    }
+
+    async fn prune_loop(self: Arc<Self>) {
+        loop {
+            let before = now_ms() - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+            match self
+                .store
+                .call(move |conn| events::prune(conn, before))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "pruned finished events past the retention"),
+                Err(e) => tracing::error!("pruning failed: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
+}
+
+fn describe(status: &crate::configurations::Status) -> String {
+    use crate::configurations::Status;
+    match status {
+        Status::Running => "running".into(),
+        Status::Disabled => "disabled".into(),
+        Status::PluginNotLoaded(why) | Status::Failed(why) => why.clone(),
+    }
+}
+
+/// A number in [0, 1) for jitter.
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 4];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0),
+        Err(_) => 0.5,
+    }
+}

@@ -1,0 +1,113 @@
+//! Polling, for appliances whose events cannot reach the engine: every
+//! `polling_interval_seconds` the plugin is asked for what happened since the stored
+//! cursor; what it finds is queued with the new cursor in one transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use plugin_api::PollRequest;
+
+use super::Engine;
+use crate::configurations::Target;
+use crate::store::events::{self, NewEvent};
+use crate::store::now_ms;
+
+impl Engine {
+    pub(super) async fn poll_loop(self: Arc<Self>) {
+        loop {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let now = now_ms();
+            for target in self.configurations.live().pollers().await {
+                let Some(interval) = target.policy.polls() else {
+                    continue;
+                };
+                let due = {
+                    let mut state = self.lock();
+                    let last = state.last_poll.get(&target.id).copied();
+                    // The first poll of a run happens at once; then one per interval.
+                    let due = !state.polling.contains(&target.id)
+                        && last.is_none_or(|last| {
+                            now - last >= i64::try_from(interval.as_millis()).unwrap_or(i64::MAX)
+                        });
+                    if due {
+                        state.polling.insert(target.id);
+                        state.last_poll.insert(target.id, now);
+                    }
+                    due
+                };
+                if due {
+                    tokio::spawn(Arc::clone(&self).poll_once(target));
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn poll_once(self: Arc<Self>, target: Target) {
+        let id = target.id;
+        if let Err(message) = self.poll(&target).await {
+            self.metrics.polled(false);
+            tracing::warn!(configuration = %target.name, "poll failed (tried again at the next interval): {message}");
+            let _ = self
+                .store
+                .call(move |conn| events::poll_failed(conn, id, &message, now_ms()))
+                .await;
+        } else {
+            self.metrics.polled(true);
+        }
+        self.lock().polling.remove(&id);
+    }
+
+    async fn poll(&self, target: &Target) -> Result<(), String> {
+        let runner = target
+            .runner
+            .clone()
+            .ok_or_else(|| format!("the configuration is not running: {:?}", target.status))?;
+        let id = target.id;
+        let (cursor, _) = self
+            .store
+            .call(move |conn| events::poll_cursor(conn, id))
+            .await
+            .map_err(|e| e.to_string())?;
+        let cursor = cursor.and_then(|c| serde_json::from_str(&c).ok());
+        let request = PollRequest {
+            cursor,
+            since: target.created_at / 1000,
+            event_types: target.policy.polling_event_types.clone(),
+        };
+        let result = runner.poll(request).await.map_err(|e| e.message)?;
+        let events: Vec<NewEvent> = result
+            .events
+            .into_iter()
+            .map(|e| NewEvent {
+                source: "polling",
+                dedup_key: Some(format!(
+                    "polling\u{1f}{id}\u{1f}{}\u{1f}{}\u{1f}{}",
+                    e.event_type,
+                    e.lsid.as_deref().unwrap_or(""),
+                    e.timestamp
+                )),
+                appliance_id: target.policy.appliance_id.clone(),
+                event_type: e.event_type,
+                lsid: e.lsid,
+                timestamp: e.timestamp,
+                fields: e.fields,
+            })
+            .collect();
+        let found = events.len();
+        let cursor = result.cursor.to_string();
+        let name = target.name.clone();
+        let new = self
+            .store
+            .call(move |conn| events::insert_polled(conn, (id, &name), &events, &cursor, now_ms()))
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(configuration = %target.name, found, new, "polled");
+        if new > 0 {
+            self.wake();
+        }
+        Ok(())
+    }
+}

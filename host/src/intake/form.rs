@@ -1,0 +1,190 @@
+//! The appliance's outbound event, parsed once from its form body into a checked
+//! [`IncomingEvent`].
+
+use std::collections::BTreeMap;
+
+/// The form field carrying the shared event token; never stored.
+pub const TOKEN_FIELD: &str = "outbound_event_token";
+const MAX_FIELDS: usize = 500;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingEvent {
+    pub appliance_id: String,
+    pub event_type: String,
+    pub timestamp: i64,
+    pub lsid: Option<String>,
+    /// Every form field but the token.
+    pub fields: BTreeMap<String, String>,
+    /// The token the sender gave, if any.
+    pub token: Option<String>,
+}
+
+impl IncomingEvent {
+    /// The same event delivered twice has the same key.
+    pub fn dedup_key(&self) -> String {
+        format!(
+            "outbound\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            self.appliance_id,
+            self.event_type,
+            self.lsid.as_deref().unwrap_or(""),
+            self.timestamp
+        )
+    }
+}
+
+/// Parses and checks an event form. `appliance` is the `appliance` query parameter.
+pub fn parse(appliance: Option<&str>, body: &[u8]) -> Result<IncomingEvent, String> {
+    let appliance_id = match appliance.map(str::trim) {
+        None | Some("") => "Default".to_owned(),
+        Some(a) if a.chars().count() > 100 || a.chars().any(char::is_control) => {
+            return Err("the appliance parameter must be at most 100 printable characters".into())
+        }
+        Some(a) => a.to_owned(),
+    };
+    if std::str::from_utf8(body).is_err() {
+        return Err("the body is not UTF-8 text".into());
+    }
+    let mut fields = BTreeMap::new();
+    for (key, value) in form_urlencoded::parse(body) {
+        if fields.len() >= MAX_FIELDS {
+            return Err(format!("more than {MAX_FIELDS} form fields"));
+        }
+        fields.insert(key.into_owned(), value.into_owned());
+    }
+    let token = fields.remove(TOKEN_FIELD);
+
+    let event_type = match fields.get("event").map(|e| e.trim()) {
+        None | Some("") => return Err("the form field `event` is missing".into()),
+        Some(e)
+            if e.len() > 100
+                || !e
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') =>
+        {
+            return Err(format!(
+                "the form field `event` ({e:?}) is not an event name"
+            ))
+        }
+        Some(e) => e.to_owned(),
+    };
+    match fields.get("version").map(|v| v.trim()) {
+        None | Some("") => return Err("the form field `version` is missing".into()),
+        Some(v) if v.len() > 20 || !v.chars().all(|c| c.is_ascii_digit() || c == '.') => {
+            return Err(format!(
+                "the form field `version` ({v:?}) is not a version number"
+            ))
+        }
+        Some(_) => {}
+    }
+    let timestamp = match fields.get("timestamp").map(|t| t.trim()) {
+        None | Some("") => return Err("the form field `timestamp` is missing".into()),
+        Some(t) => t.parse::<i64>().ok().filter(|t| *t >= 0).ok_or_else(|| {
+            format!("the form field `timestamp` ({t:?}) is not a Unix time in seconds")
+        })?,
+    };
+    let lsid = match fields.get("lsid").map(|l| l.trim()) {
+        None | Some("") if event_type.starts_with("support_conference_") => {
+            return Err(format!(
+                "the form field `lsid` is missing (every {event_type} event carries one)"
+            ))
+        }
+        None | Some("") => None,
+        Some(l) if l.len() > 128 || l.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            return Err(format!("the form field `lsid` ({l:?}) is not a session id"))
+        }
+        Some(l) => Some(l.to_owned()),
+    };
+    Ok(IncomingEvent {
+        appliance_id,
+        event_type,
+        timestamp,
+        lsid,
+        fields,
+        token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const END: &[u8] = b"event=support_conference_end&version=3&timestamp=1764231302&lsid=c4f0a8d2e9b14c6f&external_key=CAS-01&appliance_id=abc&outbound_event_token=t0k";
+
+    #[test]
+    fn a_session_end_parses_and_the_token_is_kept_apart() {
+        let e = parse(Some("West"), END).expect("valid");
+        assert_eq!(e.appliance_id, "West");
+        assert_eq!(e.event_type, "support_conference_end");
+        assert_eq!(e.timestamp, 1_764_231_302);
+        assert_eq!(e.lsid.as_deref(), Some("c4f0a8d2e9b14c6f"));
+        assert_eq!(
+            e.fields.get("external_key").map(String::as_str),
+            Some("CAS-01")
+        );
+        assert_eq!(e.token.as_deref(), Some("t0k"));
+        assert!(!e.fields.contains_key(TOKEN_FIELD));
+        assert_eq!(parse(None, END).expect("valid").appliance_id, "Default");
+    }
+
+    #[test]
+    fn unicode_and_escapes_are_decoded() {
+        let e = parse(None, "event=support_conference_end&version=3&timestamp=1&lsid=a&display_name=Ana+M%C3%BCller%20%26+Co".as_bytes()).expect("valid");
+        assert_eq!(
+            e.fields.get("display_name").map(String::as_str),
+            Some("Ana Müller & Co")
+        );
+    }
+
+    #[test]
+    fn each_malformed_standard_field_has_its_reason() {
+        let cases: [(&str, &str); 7] = [
+            ("version=3&timestamp=1", "the form field `event` is missing"),
+            (
+                "event=Support Session End&version=3&timestamp=1",
+                "the form field `event` (\"Support Session End\") is not an event name",
+            ),
+            (
+                "event=support_conference_end&timestamp=1&lsid=a",
+                "the form field `version` is missing",
+            ),
+            (
+                "event=support_conference_end&version=3&lsid=a",
+                "the form field `timestamp` is missing",
+            ),
+            (
+                "event=support_conference_end&version=3&timestamp=yesterday&lsid=a",
+                "the form field `timestamp` (\"yesterday\") is not a Unix time in seconds",
+            ),
+            (
+                "event=support_conference_end&version=3&timestamp=1",
+                "the form field `lsid` is missing (every support_conference_end event carries one)",
+            ),
+            (
+                "event=support_conference_end&version=3&timestamp=1&lsid=a b",
+                "the form field `lsid` (\"a b\") is not a session id",
+            ),
+        ];
+        for (body, reason) in cases {
+            assert_eq!(
+                parse(None, body.as_bytes()),
+                Err(reason.to_owned()),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            parse(None, b"\xff\xfe"),
+            Err("the body is not UTF-8 text".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_dedup_key_names_appliance_event_session_and_time() {
+        let a = parse(Some("West"), END).expect("valid");
+        let b = parse(Some("East"), END).expect("valid");
+        assert_ne!(a.dedup_key(), b.dedup_key());
+        assert_eq!(
+            a.dedup_key(),
+            parse(Some("West"), END).expect("valid").dedup_key()
+        );
+    }
+}

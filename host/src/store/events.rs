@@ -1,0 +1,681 @@
+//! Events, their jobs (one per configuration an event goes to), each job's attempts,
+//! and polling cursors.
+//!
+//! The API calls a job an "event": what an admin follows is one event's fate in one
+//! configuration. An event that no configuration takes is kept as one `ignored` job.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use serde::Serialize;
+
+use super::StoreError;
+
+pub const PENDING: &str = "pending";
+pub const RUNNING: &str = "running";
+pub const SUCCEEDED: &str = "succeeded";
+pub const SKIPPED: &str = "skipped";
+pub const RETRYING: &str = "retrying";
+pub const FAILED: &str = "failed";
+pub const IGNORED: &str = "ignored";
+
+/// Every job state, for validating filters.
+pub const STATES: &[&str] = &[
+    PENDING, RUNNING, SUCCEEDED, SKIPPED, RETRYING, FAILED, IGNORED,
+];
+
+/// An event as it is stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub source: &'static str,
+    pub appliance_id: String,
+    pub event_type: String,
+    pub lsid: Option<String>,
+    pub timestamp: i64,
+    pub fields: BTreeMap<String, String>,
+    /// Same key, same event: a redelivery is stored once.
+    pub dedup_key: Option<String>,
+}
+
+/// Where an event goes: the configurations that take it, or why none does.
+#[derive(Debug, Clone)]
+pub enum Routing {
+    To(Vec<(i64, String)>),
+    Ignored(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    New { event_id: i64, jobs: usize },
+    Duplicate { event_id: i64 },
+}
+
+fn insert_one(
+    tx: &Transaction<'_>,
+    event: &NewEvent,
+    routing: &Routing,
+    now: i64,
+) -> Result<Stored, StoreError> {
+    let fields = serde_json::to_string(&event.fields).unwrap_or_else(|_| "{}".into());
+    let inserted = tx.execute(
+        "INSERT INTO events (source, appliance_id, event_type, lsid, timestamp, fields, received_at, dedup_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (dedup_key) DO NOTHING",
+        params![event.source, event.appliance_id, event.event_type, event.lsid, event.timestamp, fields, now, event.dedup_key],
+    )?;
+    if inserted == 0 {
+        let event_id = tx.query_row(
+            "SELECT id FROM events WHERE dedup_key = ?1",
+            [&event.dedup_key],
+            |r| r.get(0),
+        )?;
+        return Ok(Stored::Duplicate { event_id });
+    }
+    let event_id = tx.last_insert_rowid();
+    let mut job = tx.prepare_cached(
+        "INSERT INTO jobs (event_id, configuration_id, configuration_name, source, event_type, lsid, state,
+                           next_attempt_at, last_error, received_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, ?8)",
+    )?;
+    let jobs = match routing {
+        Routing::To(targets) => {
+            for (id, name) in targets {
+                job.execute(params![
+                    event_id,
+                    id,
+                    name,
+                    event.source,
+                    event.event_type,
+                    event.lsid,
+                    PENDING,
+                    now,
+                    None::<String>
+                ])?;
+            }
+            targets.len()
+        }
+        Routing::Ignored(reason) => {
+            job.execute(params![
+                event_id,
+                None::<i64>,
+                None::<String>,
+                event.source,
+                event.event_type,
+                event.lsid,
+                IGNORED,
+                now,
+                reason
+            ])?;
+            0
+        }
+    };
+    Ok(Stored::New { event_id, jobs })
+}
+
+/// Stores a batch of events and their jobs in one transaction (group commit): all of
+/// them are on disk when this returns, or none is.
+pub fn insert_batch(
+    conn: &mut Connection,
+    batch: &[(NewEvent, Routing)],
+    now: i64,
+) -> Result<Vec<Stored>, StoreError> {
+    let tx = conn.transaction()?;
+    let mut stored = Vec::with_capacity(batch.len());
+    for (event, routing) in batch {
+        stored.push(insert_one(&tx, event, routing, now)?);
+    }
+    tx.commit()?;
+    Ok(stored)
+}
+
+/// Stores what a poll found for one configuration, with its new cursor, atomically.
+pub fn insert_polled(
+    conn: &mut Connection,
+    configuration: (i64, &str),
+    events: &[NewEvent],
+    cursor: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    let routing = Routing::To(vec![(configuration.0, configuration.1.to_owned())]);
+    let mut new = 0;
+    for event in events {
+        if let Stored::New { .. } = insert_one(&tx, event, &routing, now)? {
+            new += 1;
+        }
+    }
+    tx.execute(
+        "INSERT INTO poll_cursors (configuration_id, cursor, last_poll_at, last_error) VALUES (?1, ?2, ?3, NULL)
+         ON CONFLICT (configuration_id) DO UPDATE SET cursor = ?2, last_poll_at = ?3, last_error = NULL",
+        params![configuration.0, cursor, now],
+    )?;
+    tx.commit()?;
+    Ok(new)
+}
+
+/// A configuration's polling cursor and when it last polled.
+pub fn poll_cursor(
+    conn: &Connection,
+    configuration_id: i64,
+) -> Result<(Option<String>, Option<i64>), StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT cursor, last_poll_at FROM poll_cursors WHERE configuration_id = ?1",
+            [configuration_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .unwrap_or((None, None)))
+}
+
+pub fn poll_failed(
+    conn: &Connection,
+    configuration_id: i64,
+    error: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO poll_cursors (configuration_id, cursor, last_poll_at, last_error) VALUES (?1, NULL, ?2, ?3)
+         ON CONFLICT (configuration_id) DO UPDATE SET last_poll_at = ?2, last_error = ?3",
+        params![configuration_id, now, error],
+    )?;
+    Ok(())
+}
+
+/// A job that may run now: due, and with no earlier unfinished job of the same
+/// session in the same configuration (so one session's events run in order).
+#[derive(Debug, Clone, Copy)]
+pub struct Due {
+    pub job_id: i64,
+    pub configuration_id: i64,
+}
+
+pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<Due>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT j.id, j.configuration_id FROM jobs j
+         WHERE j.state IN ('pending', 'retrying') AND j.next_attempt_at <= ?1 AND j.configuration_id IS NOT NULL
+           AND (j.lsid IS NULL OR NOT EXISTS (
+                SELECT 1 FROM jobs k
+                WHERE k.configuration_id = j.configuration_id AND k.lsid = j.lsid AND k.id < j.id
+                  AND k.state IN ('pending', 'running', 'retrying')))
+         ORDER BY j.id LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![now, limit as i64], |r| {
+            Ok(Due {
+                job_id: r.get(0)?,
+                configuration_id: r.get(1)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// When the next waiting job falls due (ms), if any.
+pub fn next_due_at(conn: &Connection) -> Result<Option<i64>, StoreError> {
+    Ok(conn.query_row(
+        "SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ('pending', 'retrying') AND configuration_id IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// A job taken to run, with its event.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job_id: i64,
+    pub attempt_id: i64,
+    pub attempt: u32,
+    pub failures: u32,
+    pub event_id: i64,
+    pub source: String,
+    pub appliance_id: String,
+    pub event_type: String,
+    pub lsid: Option<String>,
+    pub timestamp: i64,
+    pub fields: BTreeMap<String, String>,
+}
+
+/// Marks a due job running and opens its attempt; `None` if another worker got it.
+pub fn claim(conn: &mut Connection, job_id: i64, now: i64) -> Result<Option<Claimed>, StoreError> {
+    let tx = conn.transaction()?;
+    let changed = tx.execute(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ?2
+         WHERE id = ?1 AND state IN ('pending', 'retrying')",
+        params![job_id, now],
+    )?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    let mut claimed = tx.query_row(
+        "SELECT j.id, j.attempts, j.failures, e.id, e.source, e.appliance_id, e.event_type, e.lsid, e.timestamp, e.fields
+         FROM jobs j JOIN events e ON e.id = j.event_id WHERE j.id = ?1",
+        [job_id],
+        |r| {
+            let fields: String = r.get(9)?;
+            Ok(Claimed {
+                job_id: r.get(0)?,
+                attempt_id: 0,
+                attempt: r.get(1)?,
+                failures: r.get(2)?,
+                event_id: r.get(3)?,
+                source: r.get(4)?,
+                appliance_id: r.get(5)?,
+                event_type: r.get(6)?,
+                lsid: r.get(7)?,
+                timestamp: r.get(8)?,
+                fields: serde_json::from_str(&fields).unwrap_or_default(),
+            })
+        },
+    )?;
+    tx.execute(
+        "INSERT INTO attempts (job_id, number, started_at, outcome) VALUES (?1, ?2, ?3, 'running')",
+        params![job_id, claimed.attempt, now],
+    )?;
+    claimed.attempt_id = tx.last_insert_rowid();
+    tx.commit()?;
+    Ok(Some(claimed))
+}
+
+/// How an attempt ended and what becomes of its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finish {
+    pub state: &'static str,
+    pub next_attempt_at: i64,
+    pub result: Option<String>,
+    pub error: Option<(String, String)>,
+    /// Whether this attempt counts against the retry limit.
+    pub counts_as_failure: bool,
+    /// A throttled attempt is not counted as a run either.
+    pub uncount_attempt: bool,
+}
+
+pub fn finish(
+    conn: &mut Connection,
+    claimed: &Claimed,
+    finish: &Finish,
+    now: i64,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    let (kind, message) = match &finish.error {
+        Some((k, m)) => (Some(k.as_str()), Some(m.as_str())),
+        None => (None, None),
+    };
+    let outcome = match finish.state {
+        SUCCEEDED => "succeeded",
+        SKIPPED => "skipped",
+        _ => "error",
+    };
+    tx.execute(
+        "UPDATE attempts SET finished_at = ?2, outcome = ?3, error_kind = ?4, message = COALESCE(?5, ?6) WHERE id = ?1",
+        params![claimed.attempt_id, now, outcome, kind, message, finish.result],
+    )?;
+    tx.execute(
+        "UPDATE jobs SET state = ?2, next_attempt_at = ?3, result = ?4, last_error = ?5,
+                failures = failures + ?6, attempts = attempts - ?7, updated_at = ?8
+         WHERE id = ?1",
+        params![
+            claimed.job_id,
+            finish.state,
+            finish.next_attempt_at,
+            finish.result,
+            message,
+            i64::from(finish.counts_as_failure),
+            i64::from(finish.uncount_attempt),
+            now
+        ],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// After a crash or restart: jobs that were running run again.
+pub fn recover(conn: &mut Connection, now: i64) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "UPDATE attempts SET outcome = 'interrupted', finished_at = ?1,
+                message = 'the engine stopped during this attempt; it runs again'
+         WHERE outcome = 'running'",
+        [now],
+    )?;
+    let jobs = tx.execute(
+        "UPDATE jobs SET state = 'pending', next_attempt_at = ?1, updated_at = ?1 WHERE state = 'running'",
+        [now],
+    )?;
+    tx.commit()?;
+    Ok(jobs)
+}
+
+/// The waiting jobs of a deleted configuration fail, visibly.
+pub fn fail_waiting(
+    conn: &Connection,
+    configuration_id: i64,
+    reason: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE jobs SET state = 'failed', last_error = ?2, updated_at = ?3
+         WHERE configuration_id = ?1 AND state IN ('pending', 'retrying')",
+        params![configuration_id, reason, now],
+    )?)
+}
+
+/// One row of the history.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub id: i64,
+    pub event_id: i64,
+    pub configuration_id: Option<i64>,
+    pub configuration_name: Option<String>,
+    pub source: String,
+    pub appliance_id: String,
+    pub event_type: String,
+    pub lsid: Option<String>,
+    pub state: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub result: Option<String>,
+    pub next_attempt_at: Option<i64>,
+    pub received_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub number: i64,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub outcome: String,
+    pub error_kind: Option<String>,
+    pub message: Option<String>,
+}
+
+const VIEW_COLUMNS: &str = "j.id, j.event_id, j.configuration_id, j.configuration_name, j.source, e.appliance_id,
+    j.event_type, j.lsid, j.state, j.attempts, j.last_error, j.result, j.next_attempt_at, j.received_at, j.updated_at";
+
+fn view(r: &Row<'_>) -> rusqlite::Result<JobView> {
+    let state: String = r.get(8)?;
+    let next: i64 = r.get(12)?;
+    Ok(JobView {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        configuration_id: r.get(2)?,
+        configuration_name: r.get(3)?,
+        source: r.get(4)?,
+        appliance_id: r.get(5)?,
+        event_type: r.get(6)?,
+        lsid: r.get(7)?,
+        next_attempt_at: (state == RETRYING || state == PENDING).then_some(next),
+        state,
+        attempts: r.get(9)?,
+        last_error: r.get(10)?,
+        result: r.get(11)?,
+        received_at: r.get(13)?,
+        updated_at: r.get(14)?,
+    })
+}
+
+/// History filters; every one optional.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub configuration_id: Option<i64>,
+    pub state: Option<String>,
+    pub lsid: Option<String>,
+    pub since: Option<i64>,
+    pub limit: usize,
+}
+
+pub fn list(conn: &Connection, filter: &Filter) -> Result<Vec<JobView>, StoreError> {
+    let mut sql =
+        format!("SELECT {VIEW_COLUMNS} FROM jobs j JOIN events e ON e.id = j.event_id WHERE 1 = 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(id) = filter.configuration_id {
+        args.push(id.into());
+        sql.push_str(&format!(" AND j.configuration_id = ?{}", args.len()));
+    }
+    if let Some(state) = &filter.state {
+        args.push(state.clone().into());
+        sql.push_str(&format!(" AND j.state = ?{}", args.len()));
+    }
+    if let Some(lsid) = &filter.lsid {
+        args.push(lsid.clone().into());
+        sql.push_str(&format!(" AND j.lsid = ?{}", args.len()));
+    }
+    if let Some(since) = filter.since {
+        args.push(since.into());
+        sql.push_str(&format!(" AND j.received_at >= ?{}", args.len()));
+    }
+    args.push((filter.limit as i64).into());
+    sql.push_str(&format!(" ORDER BY j.id DESC LIMIT ?{}", args.len()));
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), view)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub fn get(conn: &Connection, id: i64) -> Result<(JobView, Vec<AttemptView>), StoreError> {
+    let job = conn
+        .query_row(
+            &format!("SELECT {VIEW_COLUMNS} FROM jobs j JOIN events e ON e.id = j.event_id WHERE j.id = ?1"),
+            [id],
+            view,
+        )
+        .optional()?
+        .ok_or(StoreError::NotFound)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT number, started_at, finished_at, outcome, error_kind, message FROM attempts WHERE job_id = ?1 ORDER BY id",
+    )?;
+    let attempts = stmt
+        .query_map([id], |r| {
+            Ok(AttemptView {
+                number: r.get(0)?,
+                started_at: r.get(1)?,
+                finished_at: r.get(2)?,
+                outcome: r.get(3)?,
+                error_kind: r.get(4)?,
+                message: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((job, attempts))
+}
+
+/// The event's form fields, as received.
+pub fn event_fields(
+    conn: &Connection,
+    event_id: i64,
+) -> Result<BTreeMap<String, String>, StoreError> {
+    let fields: String =
+        conn.query_row("SELECT fields FROM events WHERE id = ?1", [event_id], |r| {
+            r.get(0)
+        })?;
+    Ok(serde_json::from_str(&fields).unwrap_or_default())
+}
+
+/// Puts a failed job back in the queue, with a fresh retry budget. Returns its
+/// state when it was not failed.
+pub fn retry(conn: &Connection, id: i64, now: i64) -> Result<Result<(), String>, StoreError> {
+    let state: Option<String> = conn
+        .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    match state.as_deref() {
+        None => Err(StoreError::NotFound),
+        Some(FAILED) => {
+            conn.execute(
+                "UPDATE jobs SET state = 'pending', failures = 0, next_attempt_at = ?2, updated_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            Ok(Ok(()))
+        }
+        Some(other) => Ok(Err(other.to_owned())),
+    }
+}
+
+/// Removes finished jobs last changed before `before` (ms), and events left without jobs.
+pub fn prune(conn: &mut Connection, before: i64) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    let jobs = tx.execute(
+        "DELETE FROM jobs WHERE state IN ('succeeded', 'skipped', 'failed', 'ignored') AND updated_at < ?1",
+        [before],
+    )?;
+    tx.execute(
+        "DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id)",
+        [],
+    )?;
+    tx.commit()?;
+    Ok(jobs)
+}
+
+/// Jobs per state, for the metrics.
+pub fn counts_by_state(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(crate::store::Store::open(dir.path()).expect("store"));
+        let conn = Connection::open(dir.path().join(crate::store::DATABASE_FILE)).expect("open");
+        (dir, conn)
+    }
+
+    fn event(lsid: &str, ts: i64) -> NewEvent {
+        NewEvent {
+            source: "outbound",
+            appliance_id: "Default".into(),
+            event_type: "support_conference_end".into(),
+            lsid: Some(lsid.into()),
+            timestamp: ts,
+            fields: BTreeMap::new(),
+            dedup_key: Some(format!("{lsid}:{ts}")),
+        }
+    }
+
+    fn to(config: i64) -> Routing {
+        Routing::To(vec![(config, format!("c{config}"))])
+    }
+
+    #[test]
+    fn a_batch_is_stored_with_its_jobs_and_a_redelivery_once() {
+        let (_dir, mut conn) = store();
+        let stored = insert_batch(
+            &mut conn,
+            &[
+                (event("a", 1), to(1)),
+                (event("a", 1), to(1)),
+                (event("b", 1), Routing::Ignored("none".into())),
+            ],
+            10,
+        )
+        .expect("stored");
+        assert_eq!(
+            stored[0],
+            Stored::New {
+                event_id: 1,
+                jobs: 1
+            }
+        );
+        assert_eq!(stored[1], Stored::Duplicate { event_id: 1 });
+        assert_eq!(
+            stored[2],
+            Stored::New {
+                event_id: 2,
+                jobs: 0
+            }
+        );
+        let counts = counts_by_state(&conn).expect("counts");
+        assert_eq!(
+            counts,
+            vec![("ignored".to_owned(), 1), ("pending".to_owned(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_sessions_later_job_waits_for_the_earlier_one() {
+        let (_dir, mut conn) = store();
+        insert_batch(
+            &mut conn,
+            &[
+                (event("s", 1), to(1)),
+                (event("s", 2), to(1)),
+                (event("t", 1), to(1)),
+                (event("s", 3), to(2)),
+            ],
+            10,
+        )
+        .expect("stored");
+        let ids = |due: Vec<Due>| due.iter().map(|d| d.job_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(due(&conn, 10, 10).expect("due")),
+            vec![1, 3, 4],
+            "job 2 waits for job 1; another configuration does not"
+        );
+        let claimed = claim(&mut conn, 1, 11).expect("claim").expect("claimed");
+        assert_eq!(
+            ids(due(&conn, 11, 10).expect("due")),
+            vec![3, 4],
+            "still waiting while job 1 runs"
+        );
+        let done = Finish {
+            state: SUCCEEDED,
+            next_attempt_at: 12,
+            result: Some("ok".into()),
+            error: None,
+            counts_as_failure: false,
+            uncount_attempt: false,
+        };
+        finish(&mut conn, &claimed, &done, 12).expect("finish");
+        assert_eq!(ids(due(&conn, 12, 10).expect("due")), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn running_jobs_resume_after_a_crash_and_old_finished_ones_are_pruned() {
+        let (_dir, mut conn) = store();
+        insert_batch(
+            &mut conn,
+            &[(event("a", 1), to(1)), (event("b", 1), to(1))],
+            10,
+        )
+        .expect("stored");
+        let claimed = claim(&mut conn, 1, 11).expect("claim").expect("claimed");
+        assert_eq!(claimed.attempt, 1);
+        claim(&mut conn, 2, 11).expect("claim");
+        // Job 2 finishes; the engine dies while job 1 runs.
+        let claimed2 = Claimed {
+            job_id: 2,
+            attempt_id: 2,
+            ..claimed.clone()
+        };
+        let done = Finish {
+            state: SUCCEEDED,
+            next_attempt_at: 12,
+            result: None,
+            error: None,
+            counts_as_failure: false,
+            uncount_attempt: false,
+        };
+        finish(&mut conn, &claimed2, &done, 12).expect("finish");
+        assert_eq!(recover(&mut conn, 20).expect("recover"), 1);
+        let (job, attempts) = get(&conn, 1).expect("job");
+        assert_eq!(job.state, PENDING);
+        assert_eq!(attempts[0].outcome, "interrupted");
+        assert_eq!(
+            prune(&mut conn, 13).expect("prune"),
+            1,
+            "only the finished job"
+        );
+        assert!(matches!(get(&conn, 2), Err(StoreError::NotFound)));
+        assert_eq!(
+            conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+                .expect("count"),
+            1
+        );
+    }
+}
