@@ -69,7 +69,7 @@ pub async fn run(settings: HostSettings) -> Result<(), StartError> {
         &settings,
     );
     let waker = Arc::clone(&engine);
-    configurations.set_on_change(Box::new(move |_| waker.wake()));
+    configurations.set_on_change(Box::new(move |id| waker.configuration_changed(id)));
     engine.start().await?;
     let waker = Arc::clone(&engine);
     let intake = Arc::new(Intake::new(

@@ -1,12 +1,30 @@
-//! The Microsoft Dynamics 365 plugin: BeyondTrust session reports into Dataverse.
+//! The Microsoft Dynamics 365 plugin: when a BeyondTrust support session ends, its
+//! record lands in Dataverse as a `bt_session` row linked to the Case whose ticket
+//! number is the session's external key. See `docs/dynamics-schema.md`.
 
+pub mod appliance;
+mod checks;
+pub mod dynamics;
+mod http;
+pub mod rules;
+pub mod schema;
 pub mod settings;
+pub mod sync;
+
+use std::time::Duration;
 
 use plugin_api::{
-    Event, FieldError, Manifest, OpenContext, Outcome, Plugin, PluginError, Settings, TestReport,
+    kit::block_on, Event, FieldError, Manifest, OpenContext, Outcome, Plugin, PluginError,
+    PollRequest, PollResult, Settings, TestReport,
 };
 
-pub struct Dynamics365;
+/// Time limit of one call to the appliance or Dataverse while handling events.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Dynamics365 {
+    config: settings::Config,
+    sync: sync::Sync,
+}
 
 impl Plugin for Dynamics365 {
     fn manifest() -> Manifest {
@@ -17,23 +35,35 @@ impl Plugin for Dynamics365 {
         settings::validate(settings)
     }
 
-    fn open(_ctx: OpenContext) -> Result<Self, PluginError> {
-        Ok(Self)
+    fn open(ctx: OpenContext) -> Result<Self, PluginError> {
+        let config = settings::Config::from_settings(&ctx.settings)?;
+        let sync = sync::Sync {
+            appliance: appliance::ApplianceClient::new(config.appliance.clone(), CALL_TIMEOUT)?,
+            dynamics: dynamics::DynamicsClient::new(config.dynamics.clone(), CALL_TIMEOUT)?,
+            rules: config.rules.clone(),
+            times: config.times,
+            log: ctx.log,
+        };
+        Ok(Self { config, sync })
     }
 
     fn test(&self) -> TestReport {
-        let mut report = TestReport::default();
-        report.push(
-            "Event processing",
-            Err("this build of the Dynamics 365 plugin declares its settings but cannot process events yet".into()),
-        );
-        report
+        match block_on(checks::run(&self.config)) {
+            Ok(report) => report,
+            Err(e) => {
+                let mut report = TestReport::default();
+                report.push("Plugin runtime", Err(e.message));
+                report
+            }
+        }
     }
 
-    fn handle_event(&self, _event: &Event) -> Result<Outcome, PluginError> {
-        Err(PluginError::configuration(
-            "this build of the Dynamics 365 plugin declares its settings but cannot process events yet",
-        ))
+    fn handle_event(&self, event: &Event) -> Result<Outcome, PluginError> {
+        block_on(self.sync.handle(event))?
+    }
+
+    fn poll(&self, request: &PollRequest) -> Result<PollResult, PluginError> {
+        block_on(self.sync.poll(request))?
     }
 }
 

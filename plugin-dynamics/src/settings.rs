@@ -138,6 +138,67 @@ fn is_guid(s: &str) -> bool {
             .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
+/// A configuration's settings, typed once when its instance opens (they were
+/// validated when saved).
+pub struct Config {
+    pub appliance: crate::appliance::ApplianceSettings,
+    pub dynamics: crate::dynamics::DynamicsSettings,
+    pub rules: crate::rules::ImportRules,
+    pub times: crate::rules::Times,
+}
+
+impl Config {
+    pub fn from_settings(s: &Settings) -> Result<Self, plugin_api::PluginError> {
+        use plugin_api::PluginError;
+        let required = |key: &str| {
+            s.str(key)
+                .map(str::to_owned)
+                .ok_or_else(|| PluginError::configuration(format!("the setting {key} is empty")))
+        };
+        let tls = crate::http::TlsSettings::load(
+            s.bool("allow_invalid_certificates"),
+            s.str("ca_certificate_file"),
+        )?;
+        let prefixes = match s.str("allowed_prefixes") {
+            Some(text) => parse_prefixes(text).map_err(PluginError::configuration)?,
+            None => Vec::new(),
+        };
+        let times = if s.bool("import_timestamps_as_utc") {
+            crate::rules::Times::Utc
+        } else {
+            let zone = match s.str("time_zone") {
+                Some(name) => name.parse().map_err(|_| {
+                    PluginError::configuration(format!("{name:?} is not an IANA time zone"))
+                })?,
+                None => crate::rules::server_zone(),
+            };
+            crate::rules::Times::Local(zone)
+        };
+        Ok(Self {
+            appliance: crate::appliance::ApplianceSettings {
+                host: required("bt_hostname")?,
+                client_id: required("bt_client_id")?,
+                client_secret: required("bt_client_secret")?,
+                locale: s.str("bt_locale").unwrap_or("en-us").to_owned(),
+                tls: tls.clone(),
+            },
+            dynamics: crate::dynamics::DynamicsSettings {
+                url: required("dynamics_url")?.trim_end_matches('/').to_owned(),
+                tenant_id: required("azure_tenant_id")?,
+                client_id: required("azure_client_id")?,
+                client_secret: required("azure_client_secret")?,
+                cloud: crate::dynamics::Cloud::parse(s.str("azure_cloud")),
+                tls,
+            },
+            rules: crate::rules::ImportRules {
+                all_sessions: s.bool("update_all_sessions"),
+                prefixes,
+            },
+            times,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ const PACKAGES: &[&str] = &[
     "fixture-ctor-fails",
     "fixture-old-api",
     "fixture-scripted",
+    "simulators",
 ];
 
 pub fn workspace_root() -> PathBuf {

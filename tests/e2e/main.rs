@@ -2,6 +2,7 @@
 
 mod admin_api;
 mod admin_security;
+mod dynamics;
 mod events;
 mod helpers;
 mod plugin_loading;

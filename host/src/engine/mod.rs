@@ -77,8 +77,15 @@ impl Engine {
         })
     }
 
-    /// Something changed (an event stored, a configuration saved): look again.
+    /// Something changed (an event stored): look again.
     pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A configuration was saved, enabled, disabled or deleted: look again, and let
+    /// it poll at once (a new or changed configuration need not wait an interval).
+    pub fn configuration_changed(&self, id: i64) {
+        self.lock().last_poll.remove(&id);
         self.wake.notify_one();
     }
 

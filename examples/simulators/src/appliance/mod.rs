@@ -184,6 +184,14 @@ impl Appliance {
         }
     }
 
+    /// Invalidates every token of the client, its secret unchanged (as when other
+    /// programs using the same API account push its tokens past the 30 kept).
+    pub fn revoke_tokens(&self) {
+        if let Some(c) = lock(&self.state.clients).get_mut(&self.client_id) {
+            c.tokens.clear();
+        }
+    }
+
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         *lock(&self.state.token_lifetime) = lifetime;
     }

@@ -30,6 +30,8 @@ pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/api/data/v9.2/{*path}", any(handle))
         .nest("/control", super::control::router(Arc::clone(&state)))
+        // Dataverse takes large bodies (long transcripts, notes with attachments).
+        .layer(axum::extract::DefaultBodyLimit::max(128 * 1024 * 1024))
         .with_state(state)
 }
 
@@ -125,7 +127,15 @@ async fn handle(
         }))
         .into_response(),
         (Method::GET, "incidents") => query_incidents(&state, &url, &query),
-        (Method::POST, "annotations") => create_annotation(&state, &url, &body),
+        (Method::POST, "annotations") => write_annotation(&state, &url, None, &body),
+        // Upsert by primary key: PATCH annotations(<id>) creates or updates that note.
+        (Method::PATCH, "annotations") => match parse_key(&path) {
+            Ok(key) if key.len() == 1 && key[0].0.is_empty() => {
+                write_annotation(&state, &url, Some(key[0].1.clone()), &body)
+            }
+            Ok(_) => bad_request("Address a note by its id: annotations(<guid>)."),
+            Err(r) => r,
+        },
         (Method::GET, "EntityDefinitions") => entity_definition(&state, &url, &path, &query),
         (m, set) => {
             let table = lock(&state.tables)
@@ -702,7 +712,7 @@ fn retrieve(state: &State, url: &str, meta: &TableMeta, path: &str) -> Response 
     Json(Value::Object(body)).into_response()
 }
 
-fn create_annotation(state: &State, url: &str, body: &[u8]) -> Response {
+fn write_annotation(state: &State, url: &str, id: Option<String>, body: &[u8]) -> Response {
     if let Some(r) = missing_privilege(state, "prvCreateNote", "annotation", 5) {
         return r;
     }
@@ -710,7 +720,7 @@ fn create_annotation(state: &State, url: &str, body: &[u8]) -> Response {
         return bad_request("The request body is not a JSON object.");
     };
     let mut note = Annotation {
-        annotationid: random_guid(),
+        annotationid: id.unwrap_or_else(random_guid),
         object_table: String::new(),
         object_id: String::new(),
         subject: None,
@@ -768,7 +778,11 @@ fn create_annotation(state: &State, url: &str, body: &[u8]) -> Response {
         }
     }
     let id = note.annotationid.clone();
-    lock(&state.annotations).push(note);
+    let mut notes = lock(&state.annotations);
+    match notes.iter_mut().find(|n| n.annotationid == id) {
+        Some(existing) => *existing = note,
+        None => notes.push(note),
+    }
     (
         StatusCode::NO_CONTENT,
         [("OData-EntityId", format!("{url}{BASE}annotations({id})"))],

@@ -1,0 +1,685 @@
+//! The Dynamics 365 plugin through the real host process and cdylib, against the
+//! appliance and Dataverse simulators: sessions end on the appliance, its outbound
+//! events reach the host, rows land in the simulated Dataverse.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use simulators::appliance::model::{ChatLine, SessionSpec, SurveyAnswer};
+use simulators::appliance::{Appliance, ApplianceOptions};
+use simulators::common::{Fault, FaultRule};
+use simulators::dataverse::{Dataverse, DataverseOptions, Limits};
+
+use crate::helpers::{PluginsDir, TestHost};
+
+struct Env {
+    appliance: Appliance,
+    dataverse: Dataverse,
+    host: TestHost,
+    /// Both simulators' certificates, for `ca_certificate_file`.
+    ca_bundle: PathBuf,
+    _plugins: PluginsDir,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start(appliance: ApplianceOptions, dataverse: DataverseOptions) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let appliance = Appliance::start(appliance, dir.path())
+            .await
+            .expect("appliance");
+        let dataverse = Dataverse::start(dataverse, dir.path())
+            .await
+            .expect("dataverse");
+        let mut bundle = std::fs::read_to_string(&dataverse.cert_path).expect("cert");
+        if let Some(cert) = &appliance.cert_path {
+            bundle.push_str(&std::fs::read_to_string(cert).expect("cert"));
+        }
+        let ca_bundle = dir.path().join("trusted.pem");
+        std::fs::write(&ca_bundle, bundle).expect("bundle");
+        let plugins = PluginsDir::new();
+        plugins.add("dynamics365", "plugin_dynamics");
+        let host = TestHost::start(&plugins);
+        appliance.add_recipient(&format!("{}/ERSPost", host.events));
+        Self {
+            appliance,
+            dataverse,
+            host,
+            ca_bundle,
+            _plugins: plugins,
+            _dir: dir,
+        }
+    }
+
+    async fn default() -> Self {
+        Self::start(ApplianceOptions::default(), DataverseOptions::default()).await
+    }
+
+    fn settings(&self, overrides: Value) -> Value {
+        let mut settings = json!({
+            "bt_hostname": self.appliance.host,
+            "bt_client_id": self.appliance.client_id,
+            "bt_client_secret": self.appliance.client_secret(),
+            "ca_certificate_file": self.ca_bundle.to_str().expect("utf-8"),
+            "outbound_event_types": ["support_conference_end", "support_conference_customer_exit_survey_completed", "support_conference_rep_exit_survey_completed"],
+            "retry_outbound_event_types": ["support_conference_end", "support_conference_customer_exit_survey_completed", "support_conference_rep_exit_survey_completed"],
+            "retry_attempt_limit": 5,
+            "dynamics_url": self.dataverse.url,
+            "azure_tenant_id": self.dataverse.tenant_id,
+            "azure_client_id": self.dataverse.client_id,
+            "azure_client_secret": self.dataverse.client_secret(),
+            "azure_cloud": self.dataverse.authority,
+            "import_timestamps_as_utc": true,
+        });
+        if let (Some(s), Some(o)) = (settings.as_object_mut(), overrides.as_object()) {
+            for (k, v) in o {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+        settings
+    }
+
+    async fn configure(&self, name: &str, overrides: Value) -> i64 {
+        let body =
+            json!({"plugin": "dynamics365", "name": name, "settings": self.settings(overrides)});
+        let (status, created) = self.host.post("/api/configurations", &body).await;
+        assert_eq!(status, 201, "{created}");
+        created["id"].as_i64().expect("id")
+    }
+
+    /// Creates a session that ends now (its outbound event follows).
+    fn end_session(&self, spec: SessionSpec) -> String {
+        let lsid = self.appliance.create_session(spec);
+        self.appliance.end_session(&lsid, None).expect("ends");
+        lsid
+    }
+
+    fn row(&self, lsid: &str) -> Map<String, Value> {
+        self.dataverse
+            .row(lsid)
+            .unwrap_or_else(|| panic!("no row for {lsid}: {:?}", self.dataverse.snapshot()))
+    }
+
+    async fn history(&self, lsid: &str) -> Vec<Value> {
+        self.host.events(&format!("lsid={lsid}")).await
+    }
+}
+
+fn keyed(key: &str) -> SessionSpec {
+    SessionSpec {
+        external_key: Some(key.into()),
+        ..SessionSpec::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lands_linked_to_its_case_at_the_documented_request_cost() {
+    let env = Env::default().await;
+    let case = env.dataverse.add_case("CAS-100", "Printer");
+    env.configure("Main", json!({})).await;
+    let spec = SessionSpec {
+        external_key: Some("CAS-100".into()),
+        start_time: Some(chrono_now() - 600),
+        chat: vec![ChatLine {
+            from: "customer".into(),
+            text: "Grüße — 打印机 🙂".into(),
+            offset_seconds: 30,
+        }],
+        file_transfer_count: 3,
+        ..SessionSpec::default()
+    };
+    let lsid = env.end_session(spec);
+    env.host.wait_for_state("succeeded", 1).await;
+    let row = env.row(&lsid);
+    assert_eq!(row["_bt_caseid_value"], case);
+    assert_eq!(row["bt_externalkey"], "CAS-100");
+    assert_eq!(row["bt_primarycustomer"], "Ana Müller");
+    assert_eq!(row["bt_primaryrep"], "Sam Rep");
+    assert_eq!(row["bt_customerhostname"], "ANA-LAPTOP");
+    assert_eq!(row["bt_filetransfercount"], 3);
+    assert_eq!(row["bt_durationseconds"], 600);
+    assert!(
+        row["bt_transcript"]
+            .as_str()
+            .is_some_and(|t| t.contains("Grüße — 打印机 🙂")),
+        "{row:?}"
+    );
+    assert!(row["bt_starttime"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    let history = env.history(&lsid).await;
+    assert_eq!(
+        history[0]["result"],
+        format!("session {lsid} written, linked to Case CAS-100")
+    );
+
+    // Steady state: one report call and two Dataverse requests per session; tokens reused.
+    let reports = env
+        .appliance
+        .counts()
+        .get("reporting")
+        .copied()
+        .unwrap_or(0);
+    let api_before: u64 = env.dataverse.api_counts().values().sum();
+    let tokens = (
+        env.appliance.counts().get("token").copied(),
+        env.dataverse.token_requests(),
+    );
+    let second = env.end_session(keyed("CAS-100"));
+    env.host.wait_for_state("succeeded", 2).await;
+    assert!(env.dataverse.row(&second).is_some());
+    assert_eq!(
+        env.appliance
+            .counts()
+            .get("reporting")
+            .copied()
+            .unwrap_or(0)
+            - reports,
+        1
+    );
+    assert_eq!(
+        env.dataverse.api_counts().values().sum::<u64>() - api_before,
+        2
+    );
+    assert_eq!(
+        (
+            env.appliance.counts().get("token").copied(),
+            env.dataverse.token_requests()
+        ),
+        tokens,
+        "no new token"
+    );
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_sessions_of_existing_cases_with_allowed_prefixes_are_imported() {
+    let env = Env::default().await;
+    env.dataverse.add_case("CAS-1", "One");
+    env.dataverse.add_case("INC-1", "Other prefix");
+    env.configure(
+        "Cases only",
+        json!({"update_all_sessions": false, "allowed_prefixes": "cas, ABC"}),
+    )
+    .await;
+    let imported = env.end_session(keyed("CAS-1"));
+    let wrong_prefix = env.end_session(keyed("INC-1"));
+    let no_case = env.end_session(keyed("CAS-404"));
+    let no_key = env.end_session(SessionSpec::default());
+    env.host.wait_for_state("succeeded", 1).await;
+    let skipped = env.host.wait_for_state("skipped", 3).await;
+    assert!(env.dataverse.row(&imported).is_some());
+    assert_eq!(env.dataverse.snapshot().rows.len(), 1);
+    let reason = |lsid: &str| {
+        skipped
+            .iter()
+            .find(|e| e["lsid"] == lsid)
+            .and_then(|e| e["result"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(
+        reason(&wrong_prefix),
+        "the external key \"INC-1\" starts with none of the allowed prefixes (cas, ABC)"
+    );
+    assert_eq!(
+        reason(&no_case),
+        "no Case has the ticket number \"CAS-404\" (the session's external key)"
+    );
+    assert_eq!(
+        reason(&no_key),
+        "the session has no external key, and only sessions of existing cases are imported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_all_sessions_on_every_session_lands_and_prefixes_are_ignored() {
+    let env = Env::default().await;
+    let case = env.dataverse.add_case("INC-7", "Seven");
+    env.configure(
+        "Everything",
+        json!({"update_all_sessions": true, "allowed_prefixes": "CAS"}),
+    )
+    .await;
+    let linked = env.end_session(keyed("INC-7"));
+    let unlinked = env.end_session(keyed("ZZZ-1"));
+    let keyless = env.end_session(SessionSpec::default());
+    env.host.wait_for_state("succeeded", 3).await;
+    assert_eq!(env.row(&linked)["_bt_caseid_value"], case);
+    assert!(!env.row(&unlinked).contains_key("_bt_caseid_value"));
+    assert_eq!(
+        env.row(&keyless)["bt_name"]
+            .as_str()
+            .map(|n| n.starts_with("BeyondTrust session ")),
+        Some(true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survey_events_fill_their_columns_and_replays_change_nothing() {
+    let env = Env::default().await;
+    env.dataverse.add_case("CAS-5", "Five");
+    env.configure("Main", json!({})).await;
+    let lsid = env.end_session(keyed("CAS-5"));
+    env.host.wait_for_state("succeeded", 1).await;
+    env.appliance
+        .submit_customer_survey(
+            &lsid,
+            vec![
+                SurveyAnswer {
+                    name: "rating".into(),
+                    label: "How satisfied were you?".into(),
+                    answer: "5".into(),
+                },
+                SurveyAnswer {
+                    name: "comments".into(),
+                    label: "Comments".into(),
+                    answer: "Très bien".into(),
+                },
+            ],
+        )
+        .expect("survey");
+    env.appliance
+        .submit_rep_survey(
+            &lsid,
+            vec![SurveyAnswer {
+                name: "resolved".into(),
+                label: "Resolved?".into(),
+                answer: "Yes".into(),
+            }],
+        )
+        .expect("survey");
+    env.host.wait_for_state("succeeded", 3).await;
+    let row = env.row(&lsid);
+    assert_eq!(
+        row["bt_customersurvey"],
+        "How satisfied were you?: 5\nComments: Très bien"
+    );
+    assert_eq!(row["bt_repsurvey"], "Resolved?: Yes");
+
+    // The appliance sends the end event again later: the same row, no duplicate, nothing lost.
+    let session = env.appliance.session(&lsid).expect("session");
+    let end = session.end_time.expect("ended").to_string();
+    let form = [
+        ("event", "support_conference_end"),
+        ("version", "3"),
+        ("timestamp", end.as_str()),
+        ("lsid", lsid.as_str()),
+        ("external_key", "CAS-5"),
+    ];
+    let (status, answer) = env.host.post_event(None, &form).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("duplicate"))
+    );
+    let later = (end.parse::<i64>().expect("ts") + 60).to_string();
+    let replay = [
+        ("event", "support_conference_end"),
+        ("version", "3"),
+        ("timestamp", later.as_str()),
+        ("lsid", lsid.as_str()),
+    ];
+    env.host.post_event(None, &replay).await;
+    env.host.wait_for_state("succeeded", 4).await;
+    assert_eq!(env.dataverse.snapshot().rows.len(), 1);
+    assert_eq!(env.row(&lsid), row, "a replay leaves the row as it was");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_times_follow_the_zone_across_a_daylight_saving_change() {
+    let env = Env::default().await;
+    env.configure("Berlin", json!({"update_all_sessions": true, "import_timestamps_as_utc": false, "time_zone": "Europe/Berlin"})).await;
+    // Starts 2025-03-30 00:30 UTC (01:30 CET), ends 01:30 UTC (03:30 CEST).
+    let lsid = env.appliance.create_session(SessionSpec {
+        start_time: Some(1_743_294_600),
+        chat: vec![ChatLine {
+            from: "rep".into(),
+            text: "after the change".into(),
+            offset_seconds: 3600,
+        }],
+        ..SessionSpec::default()
+    });
+    env.appliance
+        .end_session(&lsid, Some(1_743_298_200))
+        .expect("ends");
+    env.host.wait_for_state("succeeded", 1).await;
+    let row = env.row(&lsid);
+    assert_eq!(
+        (row["bt_starttime"].as_str(), row["bt_endtime"].as_str()),
+        (Some("2025-03-30T01:30:00"), Some("2025-03-30T03:30:00"))
+    );
+    assert_eq!(
+        row["bt_durationseconds"], 3600,
+        "the duration is real time, not wall-clock difference"
+    );
+    assert!(
+        row["bt_transcript"]
+            .as_str()
+            .is_some_and(|t| t.contains("2025-03-30T03:30:00 Chat Message")),
+        "{row:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcript_over_the_column_limit_goes_whole_into_a_note() {
+    let env = Env::default().await;
+    env.configure("Main", json!({"update_all_sessions": true}))
+        .await;
+    let chunk = "é".repeat(400_000);
+    let chat = (0..3)
+        .map(|i| ChatLine {
+            from: "customer".into(),
+            text: format!("{i}{chunk}"),
+            offset_seconds: i,
+        })
+        .collect();
+    let lsid = env.end_session(SessionSpec {
+        chat,
+        ..SessionSpec::default()
+    });
+    env.host.wait_for_state("succeeded", 1).await;
+    let row = env.row(&lsid);
+    let column = row["bt_transcript"].as_str().unwrap_or_default();
+    assert_eq!(column.chars().count(), 1_048_576);
+    assert!(column.ends_with("attached to this session]"));
+    let notes = env.dataverse.snapshot().annotations;
+    assert_eq!(notes.len(), 1);
+    let document = notes[0].document.as_deref().unwrap_or_default();
+    assert!(document.chars().count() > 1_200_000 && document.contains("2é"));
+    assert_eq!(
+        notes[0].object_id,
+        row["bt_sessionid"].as_str().unwrap_or_default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_namespace_report_is_read_the_same() {
+    let env = Env::start(
+        ApplianceOptions {
+            old_namespace: true,
+            ..Default::default()
+        },
+        DataverseOptions::default(),
+    )
+    .await;
+    env.dataverse.add_case("CAS-9", "Nine");
+    env.configure("Old appliance", json!({})).await;
+    let lsid = env.end_session(keyed("CAS-9"));
+    env.host.wait_for_state("succeeded", 1).await;
+    assert_eq!(env.row(&lsid)["bt_externalkey"], "CAS-9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_revoked_tokens_are_renewed_on_both_sides() {
+    let env = Env::default().await;
+    env.configure("Main", json!({"update_all_sessions": true}))
+        .await;
+    env.appliance.set_token_lifetime(Duration::from_secs(2));
+    let first = env.end_session(SessionSpec::default());
+    env.host.wait_for_state("succeeded", 1).await;
+    // Wait until the appliance token has expired, then another session.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while env.appliance.valid_tokens() > 0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = env.end_session(SessionSpec::default());
+    env.host.wait_for_state("succeeded", 2).await;
+    assert_eq!(
+        env.appliance.counts().get("token"),
+        Some(&2),
+        "a new token once the old one expired"
+    );
+    // Revoked on both sides: one 401 each, a new token each, the same event succeeds.
+    env.appliance.set_token_lifetime(Duration::from_secs(3600));
+    env.appliance.revoke_tokens();
+    env.dataverse.revoke_tokens();
+    let tokens_before = env.dataverse.token_requests();
+    let third = env.end_session(SessionSpec::default());
+    env.host.wait_for_state("succeeded", 3).await;
+    for lsid in [&first, &second, &third] {
+        assert!(env.dataverse.row(lsid).is_some());
+    }
+    assert_eq!(
+        env.history(&third).await[0]["attempts"],
+        1,
+        "renewed within the attempt"
+    );
+    assert_eq!(env.dataverse.token_requests(), tokens_before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_honoured_5xx_retried_and_permanent_errors_fail_with_the_message() {
+    let env = Env::start(
+        ApplianceOptions::default(),
+        DataverseOptions {
+            limits: Limits {
+                requests: Some(2),
+                window_seconds: 2,
+                concurrent: None,
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    env.configure("Main", json!({"update_all_sessions": true}))
+        .await;
+    let sessions: Vec<String> = (0..3)
+        .map(|_| env.end_session(SessionSpec::default()))
+        .collect();
+    env.host.wait_for_state("succeeded", 3).await;
+    let (early, throttled) = env.dataverse.throttle_report();
+    assert!(throttled >= 1, "the limit was reached");
+    assert_eq!(early, 0, "no request came before Retry-After ended");
+    for lsid in &sessions {
+        assert!(env.dataverse.row(lsid).is_some());
+    }
+    env.dataverse.set_limits(Limits::default());
+
+    env.dataverse.arm(FaultRule {
+        fault: Fault::Status { status: 503 },
+        count: 1,
+        endpoint: Some("bt_sessions".into()),
+    });
+    let retried = env.end_session(SessionSpec::default());
+    env.host.wait_for_state("succeeded", 4).await;
+    assert_eq!(env.history(&retried).await[0]["attempts"], 2);
+
+    env.dataverse.revoke_privilege("prvCreatebt_session");
+    let refused = env.end_session(SessionSpec::default());
+    let failed = env.host.wait_for_state("failed", 1).await;
+    assert_eq!(failed[0]["lsid"], refused.as_str());
+    assert_eq!(failed[0]["attempts"], 1, "a permanent error is not retried");
+    let error = failed[0]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("Dataverse answered HTTP 403 to the session upsert: Principal user"),
+        "{error}"
+    );
+    assert!(
+        error.contains("is missing prvCreatebt_session privilege"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_takes_each_session_once_with_ties_at_the_cursor() {
+    let env = Env::default().await;
+    let id = env
+        .configure("Poller", json!({"update_all_sessions": true, "outbound_event_types": [], "retry_outbound_event_types": [],
+            "polling_event_types": ["support_conference_end"], "polling_interval_seconds": 30}))
+        .await;
+    env.host
+        .post_empty(&format!("/api/configurations/{id}/disable"))
+        .await;
+    let now = chrono_now();
+    let end = |at: i64| {
+        let lsid = env.appliance.create_session(SessionSpec {
+            start_time: Some(at - 60),
+            ..SessionSpec::default()
+        });
+        env.appliance.end_session(&lsid, Some(at)).expect("ends");
+        lsid
+    };
+    let (a, b) = (end(now + 5), end(now + 5));
+    let reports_before = env
+        .appliance
+        .counts()
+        .get("reporting")
+        .copied()
+        .unwrap_or(0);
+    env.host
+        .post_empty(&format!("/api/configurations/{id}/enable"))
+        .await;
+    env.host.wait_for_state("succeeded", 2).await;
+    assert_eq!(
+        env.appliance
+            .counts()
+            .get("reporting")
+            .copied()
+            .unwrap_or(0)
+            - reports_before,
+        1,
+        "one report call for the poll, none per session"
+    );
+    // Another session ends in the same second as the cursor, one later.
+    let (c, d) = (end(now + 5), end(now + 6));
+    env.host
+        .post_empty(&format!("/api/configurations/{id}/disable"))
+        .await;
+    env.host
+        .post_empty(&format!("/api/configurations/{id}/enable"))
+        .await;
+    let done = env.host.wait_for_state("succeeded", 4).await;
+    let mut polled: Vec<String> = done
+        .iter()
+        .filter_map(|e| e["lsid"].as_str().map(str::to_owned))
+        .collect();
+    polled.sort();
+    let mut expected = vec![a, b, c, d];
+    expected.sort();
+    assert_eq!(polled, expected, "each once");
+    assert!(done.iter().all(|e| e["source"] == "polling"));
+    assert_eq!(env.dataverse.snapshot().rows.len(), 4);
+}
+
+async fn test_report(env: &Env, name: &str, overrides: Value) -> Value {
+    let id = env.configure(name, overrides).await;
+    let (status, report) = env
+        .host
+        .post_empty(&format!("/api/configurations/{id}/test"))
+        .await;
+    assert_eq!(status, 200);
+    report
+}
+
+fn check<'a>(report: &'a Value, name: &str) -> (bool, &'a str) {
+    let c = report["checks"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name));
+    c.map(|c| {
+        (
+            c["ok"].as_bool().unwrap_or(false),
+            c["detail"].as_str().unwrap_or(""),
+        )
+    })
+    .unwrap_or((false, "no such check"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_test_check_fails_with_its_own_message_when_its_piece_is_broken() {
+    let env = Env::default().await;
+    let all = test_report(&env, "Good", json!({})).await;
+    assert_eq!(all["ok"], true, "{all}");
+    let names: Vec<&str> = all["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "B Series appliance reachable",
+            "B Series OAuth",
+            "B Series reporting permission",
+            "Entra ID token",
+            "Dataverse reachable (WhoAmI)",
+            "BeyondTrust Session table",
+            "Case read permission"
+        ]
+    );
+
+    let unreachable = test_report(&env, "Unreachable", json!({"bt_hostname": "127.0.0.1:9"})).await;
+    let (ok, detail) = check(&unreachable, "B Series appliance reachable");
+    assert!(!ok && detail.contains("cannot connect"), "{detail}");
+
+    let only_dataverse_cert = env._dir.path().join("dataverse-only.pem");
+    std::fs::copy(&env.dataverse.cert_path, &only_dataverse_cert).expect("copy");
+    let untrusted = test_report(
+        &env,
+        "Untrusted",
+        json!({"ca_certificate_file": only_dataverse_cert.to_str()}),
+    )
+    .await;
+    let (ok, detail) = check(&untrusted, "B Series appliance reachable");
+    assert!(
+        !ok && detail.contains("certificate is not trusted"),
+        "{detail}"
+    );
+
+    let bad_secret = test_report(&env, "Bad BT secret", json!({"bt_client_secret": "wrong"})).await;
+    let (ok, detail) = check(&bad_secret, "B Series OAuth");
+    assert!(
+        !ok && detail.contains("refused the OAuth client ID and secret"),
+        "{detail}"
+    );
+
+    let bad_azure = test_report(
+        &env,
+        "Bad Azure secret",
+        json!({"azure_client_secret": "wrong"}),
+    )
+    .await;
+    let (ok, detail) = check(&bad_azure, "Entra ID token");
+    assert!(
+        !ok && detail.starts_with(
+            "Entra ID refused the credentials: AADSTS7000215: Invalid client secret provided."
+        ),
+        "{detail}"
+    );
+
+    env.appliance.set_reporting_allowed(false);
+    env.dataverse.arm(FaultRule {
+        fault: Fault::Status { status: 503 },
+        count: 1,
+        endpoint: Some("WhoAmI".into()),
+    });
+    let broken = test_report(&env, "Broken pieces", json!({})).await;
+    let (ok, detail) = check(&broken, "B Series reporting permission");
+    assert!(
+        !ok && detail.contains("Allow Access to Support Session Reports and Recordings"),
+        "{detail}"
+    );
+    let (ok, detail) = check(&broken, "Dataverse reachable (WhoAmI)");
+    assert!(!ok && detail.contains("HTTP 503"), "{detail}");
+
+    env.dataverse.revoke_privilege("prvReadIncident");
+    env.dataverse.drop_table("bt_session");
+    let no_table = test_report(&env, "No table", json!({})).await;
+    let (ok, detail) = check(&no_table, "BeyondTrust Session table");
+    assert!(
+        !ok && detail.contains("does not exist in this environment: run the \"provision\" action"),
+        "{detail}"
+    );
+    let (ok, detail) = check(&no_table, "Case read permission");
+    assert!(
+        !ok && detail.contains("missing prvReadIncident"),
+        "{detail}"
+    );
+}
