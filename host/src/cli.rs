@@ -25,6 +25,14 @@ enum Command {
     Serve,
     /// List the plugins in the Plugins folder with their verdict; exits 1 when any failed.
     Plugins,
+    /// Run a plugin's action on a configuration, e.g. `action Production provision`;
+    /// prints its progress and report, exits 1 when a check failed.
+    Action {
+        /// The configuration's name
+        configuration: String,
+        /// The action's name (the admin page lists each plugin's actions)
+        action: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -39,6 +47,10 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Plugins => list_plugins(&settings),
         Command::Serve => serve(&settings),
+        Command::Action {
+            configuration,
+            action,
+        } => run_action(&settings, &configuration, &action),
     }
 }
 
@@ -116,4 +128,81 @@ fn serve(settings: &HostSettings) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_action(settings: &HostSettings, configuration: &str, action: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("middleware-engine: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(action_report(settings, configuration, action)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("middleware-engine: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn action_report(
+    settings: &HostSettings,
+    configuration: &str,
+    action: &str,
+) -> Result<bool, String> {
+    let registry = Registry::scan(&settings.plugins_dir);
+    if let Some(problem) = &registry.problem {
+        return Err(problem.clone());
+    }
+    let store = crate::store::Store::open(&settings.data_dir).map_err(|e| e.to_string())?;
+    let secrets =
+        crate::secrets::SecretBox::open_or_create(&settings.data_dir).map_err(|e| e.to_string())?;
+    let limits = crate::plugins::runner::CallLimits {
+        timeout: settings.plugin_call_timeout,
+        concurrency: settings.plugin_concurrency,
+    };
+    let configurations = crate::configurations::Configurations::new(
+        store,
+        secrets,
+        std::sync::Arc::new(registry),
+        crate::configurations::Live::new(limits),
+    );
+    let found = configurations
+        .by_name(configuration)
+        .await
+        .map_err(|e| e.to_string())?;
+    let config = match found.as_slice() {
+        [one] => one,
+        [] => return Err(format!("no configuration is named {configuration:?}")),
+        many => {
+            let plugins: Vec<&str> = many.iter().map(|c| c.plugin.as_str()).collect();
+            return Err(format!(
+                "several configurations are named {configuration:?} (plugins {}); rename one",
+                plugins.join(", ")
+            ));
+        }
+    };
+    println!("{action} on {:?} ({}):", config.name, config.plugin);
+    let progress: plugin_api::loader::LogFn = std::sync::Arc::new(|_, line: &str| {
+        println!("  .. {line}");
+    });
+    let report = configurations
+        .run_action(config.id, action, progress)
+        .await
+        .map_err(|e| e.to_string())?;
+    for check in &report.checks {
+        println!(
+            "{} {}: {}",
+            if check.ok { "ok     " } else { "FAILED " },
+            check.name,
+            check.detail
+        );
+    }
+    Ok(report.ok())
 }

@@ -90,6 +90,9 @@ pub struct PluginModule {
     /// JSON `OpenRequest` + log sink -> instance
     #[sabi(last_prefix_field)]
     pub open: extern "C" fn(request: RStr<'_>, log: LogSinkBox) -> FfiResult<InstanceBox>,
+    /// Added in 0.1.1 (plugins built before read back as `None`):
+    /// JSON `ActionRequest` + log sink for progress -> JSON `TestReport`.
+    pub run_action: extern "C" fn(request: RStr<'_>, log: LogSinkBox) -> FfiResult<RString>,
 }
 
 impl RootModule for PluginModuleRef {

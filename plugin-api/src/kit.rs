@@ -48,6 +48,22 @@ pub trait Plugin: Sized + Send + Sync + 'static {
             "this plugin does not support polling",
         ))
     }
+
+    /// Runs one of the actions the manifest declares, on an instance opened for it.
+    /// Progress goes to `progress` (the admin sees it as it happens).
+    fn run_action(&self, action: &str, _progress: &Logger) -> Result<TestReport, PluginError> {
+        Err(PluginError::configuration(format!(
+            "this plugin has no action {action:?}"
+        )))
+    }
+}
+
+/// The JSON the host sends to `run_action`.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ActionRequest {
+    pub configuration_name: String,
+    pub settings: Settings,
+    pub action: String,
 }
 
 /// Everything an instance gets when it is opened.
@@ -225,6 +241,7 @@ pub fn root_module<P: Plugin>() -> Result<PluginModuleRef, RBoxError> {
         manifest: ffi_manifest::<P>,
         validate: ffi_validate::<P>,
         open: ffi_open::<P>,
+        run_action: ffi_run_action::<P>,
     };
     Ok(module.leak_into_prefix())
 }
@@ -256,6 +273,23 @@ extern "C" fn ffi_open<P: Plugin>(request: RStr<'_>, log: LogSinkBox) -> FfiResu
             Contained(Some(plugin)),
             TD_Opaque,
         ))
+    }))
+}
+
+extern "C" fn ffi_run_action<P: Plugin>(request: RStr<'_>, log: LogSinkBox) -> FfiResult<RString> {
+    ffi(contain("run_action", || {
+        let request: ActionRequest = from_json("action request", request.as_str())?;
+        let logger = Logger(LoggerInner::Host(log));
+        let plugin = Contained(Some(P::open(OpenContext {
+            configuration_name: request.configuration_name,
+            settings: request.settings,
+            log: logger.clone(),
+        })?));
+        let report = match &plugin.0 {
+            Some(p) => p.run_action(&request.action, &logger)?,
+            None => return Err(PluginError::permanent("the instance is closed")),
+        };
+        to_json(&report)
     }))
 }
 

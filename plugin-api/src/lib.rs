@@ -18,8 +18,8 @@ pub mod model;
 
 pub use kit::{runtime, Logger, OpenContext, Plugin};
 pub use manifest::{
-    check_common_settings, check_host_name, common_bt_settings, EventTypeDecl, Manifest,
-    SettingDecl, SettingKind, BT_SECTION,
+    check_common_settings, check_host_name, common_bt_settings, ActionDecl, EventTypeDecl,
+    Manifest, SettingDecl, SettingKind, BT_SECTION,
 };
 pub use model::{
     Check, ErrorKind, Event, EventSource, FieldError, LogLevel, Outcome, PluginError, PollRequest,

@@ -12,7 +12,7 @@ use crate::abi::{
     RootModuleError, TD_Opaque,
 };
 pub use crate::kit::LogFn;
-use crate::kit::{OpenRequest, PANIC_PREFIX};
+use crate::kit::{ActionRequest, OpenRequest, PANIC_PREFIX};
 use crate::manifest::Manifest;
 use crate::model::{
     Event, FieldError, LogLevel, Outcome, PluginError, PollRequest, PollResult, Settings,
@@ -148,6 +148,47 @@ impl LoadedPlugin {
             RResult::ROk(inner) => Ok(Instance { inner }),
             RResult::RErr(e) => Err(e.into()),
         }
+    }
+}
+
+impl LoadedPlugin {
+    /// Runs an action on an instance opened for it; progress goes to `log`.
+    pub fn run_action(
+        &self,
+        configuration_name: &str,
+        settings: &Settings,
+        action: &str,
+        log: LogFn,
+    ) -> Result<TestReport, PluginError> {
+        if !self.manifest.actions.iter().any(|a| a.name == action) {
+            let offered: Vec<&str> = self
+                .manifest
+                .actions
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect();
+            return Err(PluginError::configuration(format!(
+                "the plugin {} has no action {action:?} (it offers: {})",
+                self.manifest.id,
+                if offered.is_empty() {
+                    "none".to_owned()
+                } else {
+                    offered.join(", ")
+                }
+            )));
+        }
+        let Some(run) = self.module.run_action() else {
+            return Err(PluginError::configuration(format!(
+                "the plugin {} was built before actions existed; rebuild it",
+                self.manifest.id
+            )));
+        };
+        let request = encode(&ActionRequest {
+            configuration_name: configuration_name.to_owned(),
+            settings: settings.clone(),
+            action: action.to_owned(),
+        })?;
+        decode(&answer(run(RStr::from_str(&request), host_log_sink(log)))?)
     }
 }
 

@@ -26,6 +26,31 @@ pub struct Manifest {
     /// The plugin-api version the plugin was built against (filled in by the kit).
     #[serde(default)]
     pub plugin_api_version: String,
+    /// Operations an admin can run on a configuration (e.g. provisioning).
+    #[serde(default)]
+    pub actions: Vec<ActionDecl>,
+}
+
+/// An action a plugin offers on each of its configurations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionDecl {
+    /// Stable name, used in the API and the CLI, e.g. `provision`.
+    pub name: String,
+    pub label: String,
+    pub description: String,
+    /// Whether it changes anything (the admin page asks to confirm those).
+    pub changes_things: bool,
+}
+
+impl ActionDecl {
+    pub fn new(name: &str, label: &str, description: &str, changes_things: bool) -> Self {
+        Self {
+            name: name.to_owned(),
+            label: label.to_owned(),
+            description: description.to_owned(),
+            changes_things,
+        }
+    }
 }
 
 impl Manifest {
@@ -51,7 +76,14 @@ impl Manifest {
             outbound_event_types,
             polling_event_types,
             plugin_api_version: crate::PLUGIN_API_VERSION.to_owned(),
+            actions: Vec::new(),
         }
+    }
+
+    /// Declares the actions the plugin offers.
+    pub fn with_actions(mut self, actions: Vec<ActionDecl>) -> Self {
+        self.actions = actions;
+        self
     }
 
     pub fn setting(&self, key: &str) -> Option<&SettingDecl> {
@@ -91,6 +123,15 @@ impl Manifest {
                 return Err(format!("setting {:?} is declared twice", setting.key));
             }
             setting.check()?;
+        }
+        let mut action_names = std::collections::HashSet::new();
+        for action in &self.actions {
+            if !is_identifier(&action.name, true) || !action_names.insert(&action.name) {
+                return Err(format!(
+                    "action {:?} is not a valid name or is declared twice",
+                    action.name
+                ));
+            }
         }
         for list in [&self.outbound_event_types, &self.polling_event_types] {
             let mut names = std::collections::HashSet::new();

@@ -97,38 +97,8 @@ pub async fn run(config: &Config) -> TestReport {
 
 async fn table_check(client: &DynamicsClient) -> Result<String, String> {
     let table = schema::table();
-    let path = format!(
-        "EntityDefinitions(LogicalName='{}')?$select=LogicalName,EntitySetName&$expand=Keys",
-        table.logical_name
-    );
-    let meta = client
-        .get_json(&path, "the table definition")
+    let meta = crate::provision::read_table(client, table)
         .await
-        .map_err(|e| {
-            if e.message.contains("HTTP 404") {
-                format!(
-                    "the table {} does not exist in this environment: run the \"provision\" action",
-                    table.logical_name
-                )
-            } else {
-                e.message
-            }
-        })?;
-    let key_active = meta["Keys"].as_array().into_iter().flatten().any(|k| {
-        k["KeyAttributes"].as_array().is_some_and(|a| {
-            a.iter()
-                .any(|c| c.as_str() == Some(table.alternate_key.columns[0].as_str()))
-        }) && k["EntityKeyIndexStatus"].as_str().unwrap_or("Active") == "Active"
-    });
-    if key_active {
-        Ok(format!(
-            "{} exists with its alternate key on {}",
-            table.logical_name, table.alternate_key.columns[0]
-        ))
-    } else {
-        Err(format!(
-            "the table {} has no active alternate key on {}: run the \"provision\" action",
-            table.logical_name, table.alternate_key.columns[0]
-        ))
-    }
+        .map_err(|e| e.message)?;
+    crate::provision::summary(&crate::provision::compare(table, meta.as_ref()))
 }

@@ -6,6 +6,7 @@ pub mod appliance;
 mod checks;
 pub mod dynamics;
 mod http;
+pub mod provision;
 pub mod rules;
 pub mod schema;
 pub mod settings;
@@ -14,7 +15,7 @@ pub mod sync;
 use std::time::Duration;
 
 use plugin_api::{
-    kit::block_on, Event, FieldError, Manifest, OpenContext, Outcome, Plugin, PluginError,
+    kit::block_on, Event, FieldError, Logger, Manifest, OpenContext, Outcome, Plugin, PluginError,
     PollRequest, PollResult, Settings, TestReport,
 };
 
@@ -64,6 +65,19 @@ impl Plugin for Dynamics365 {
 
     fn poll(&self, request: &PollRequest) -> Result<PollResult, PluginError> {
         block_on(self.sync.poll(request))?
+    }
+
+    fn run_action(&self, action: &str, progress: &Logger) -> Result<TestReport, PluginError> {
+        let dynamics = &self.sync.dynamics;
+        match action {
+            settings::ACTION_PROVISION => block_on(provision::provision(dynamics, progress))?,
+            settings::ACTION_CHECK_SCHEMA => block_on(async {
+                let table = schema::table();
+                let meta = provision::read_table(dynamics, table).await?;
+                Ok(provision::report(&provision::compare(table, meta.as_ref())))
+            })?,
+            other => Err(PluginError::configuration(format!("no action {other:?}"))),
+        }
     }
 }
 

@@ -9,6 +9,9 @@ pub const SESSION_END: &str = "support_conference_end";
 pub const CUSTOMER_SURVEY: &str = "support_conference_customer_exit_survey_completed";
 pub const REP_SURVEY: &str = "support_conference_rep_exit_survey_completed";
 
+pub const ACTION_PROVISION: &str = "provision";
+pub const ACTION_CHECK_SCHEMA: &str = "check-schema";
+
 pub fn manifest() -> Manifest {
     let end = EventTypeDecl::new(SESSION_END, "Support Session End");
     Manifest::new(
@@ -51,6 +54,20 @@ pub fn manifest() -> Manifest {
         .map(|s| s.section(SECTION))
         .collect(),
     )
+    .with_actions(vec![
+        plugin_api::ActionDecl::new(
+            ACTION_PROVISION,
+            "Provision Dynamics",
+            "Creates whatever is missing of the BeyondTrust Session table (columns, Case lookup, alternate key) in the solution BeyondTrustMiddlewareEngine, waits for the key's index and publishes. Changes nothing that exists.",
+            true,
+        ),
+        plugin_api::ActionDecl::new(
+            ACTION_CHECK_SCHEMA,
+            "Check schema",
+            "Compares the BeyondTrust Session table in Dynamics with the definition, changing nothing.",
+            false,
+        ),
+    ])
 }
 
 /// Checks the shapes the declarations cannot express.

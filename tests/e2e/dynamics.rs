@@ -52,8 +52,10 @@ impl Env {
         }
     }
 
+    /// An environment without the table: the first configuration provisions it
+    /// through the plugin's action, as an admin would.
     async fn default() -> Self {
-        Self::start(ApplianceOptions::default(), DataverseOptions::default()).await
+        Self::start(ApplianceOptions::default(), unprovisioned()).await
     }
 
     fn settings(&self, overrides: Value) -> Value {
@@ -85,7 +87,19 @@ impl Env {
             json!({"plugin": "dynamics365", "name": name, "settings": self.settings(overrides)});
         let (status, created) = self.host.post("/api/configurations", &body).await;
         assert_eq!(status, 201, "{created}");
-        created["id"].as_i64().expect("id")
+        let id = created["id"].as_i64().expect("id");
+        if self.dataverse.table("bt_session").is_none() {
+            let (status, report) = self
+                .host
+                .post_empty(&format!("/api/configurations/{id}/actions/provision"))
+                .await;
+            assert_eq!(
+                (status, report["ok"].as_bool()),
+                (200, Some(true)),
+                "{report}"
+            );
+        }
+        id
     }
 
     /// Creates a session that ends now (its outbound event follows).
@@ -103,6 +117,13 @@ impl Env {
 
     async fn history(&self, lsid: &str) -> Vec<Value> {
         self.host.events(&format!("lsid={lsid}")).await
+    }
+}
+
+fn unprovisioned() -> DataverseOptions {
+    DataverseOptions {
+        provisioned: false,
+        ..DataverseOptions::default()
     }
 }
 
@@ -569,7 +590,11 @@ async fn polling_takes_each_session_once_with_ties_at_the_cursor() {
 }
 
 async fn test_report(env: &Env, name: &str, overrides: Value) -> Value {
-    let id = env.configure(name, overrides).await;
+    // Created directly: these configurations must not provision anything.
+    let body = json!({"plugin": "dynamics365", "name": name, "settings": env.settings(overrides)});
+    let (status, created) = env.host.post("/api/configurations", &body).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().expect("id");
     let (status, report) = env
         .host
         .post_empty(&format!("/api/configurations/{id}/test"))
@@ -593,7 +618,7 @@ fn check<'a>(report: &'a Value, name: &str) -> (bool, &'a str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_test_check_fails_with_its_own_message_when_its_piece_is_broken() {
-    let env = Env::default().await;
+    let env = Env::start(ApplianceOptions::default(), DataverseOptions::default()).await;
     let all = test_report(&env, "Good", json!({})).await;
     assert_eq!(all["ok"], true, "{all}");
     let names: Vec<&str> = all["checks"]
@@ -681,5 +706,227 @@ async fn each_test_check_fails_with_its_own_message_when_its_piece_is_broken() {
     assert!(
         !ok && detail.contains("missing prvReadIncident"),
         "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_an_empty_environment_creates_exactly_the_definition_once() {
+    let env = Env::start(ApplianceOptions::default(), unprovisioned()).await;
+    let body =
+        json!({"plugin": "dynamics365", "name": "Fresh", "settings": env.settings(json!({}))});
+    let (_, created) = env.host.post("/api/configurations", &body).await;
+    let id = created["id"].as_i64().expect("id");
+    let (status, actions) = env
+        .host
+        .get(&format!("/api/configurations/{id}/actions"))
+        .await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = actions
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["provision", "check-schema"]);
+
+    let (_, before) = env
+        .host
+        .post_empty(&format!("/api/configurations/{id}/actions/check-schema"))
+        .await;
+    assert_eq!(before["ok"], false);
+    assert_eq!(
+        before["checks"][0],
+        json!({"name": "table bt_session", "ok": false, "detail": "missing: run the \"provision\" action"})
+    );
+
+    let (status, report) = env
+        .host
+        .post_empty(&format!("/api/configurations/{id}/actions/provision"))
+        .await;
+    assert_eq!(
+        (status, report["ok"].as_bool()),
+        (200, Some(true)),
+        "{report}"
+    );
+    let progress: Vec<&str> = report["progress"]
+        .as_array()
+        .expect("progress")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for line in [
+        "creating table bt_session",
+        "alternate key index: Pending",
+        "alternate key index: InProgress",
+        "alternate key index: Active",
+        "publishing the customizations",
+    ] {
+        assert!(
+            progress.contains(&line),
+            "no progress line {line:?} in {progress:?}"
+        );
+    }
+    // Exactly the definition: what the simulator would have been seeded with.
+    let made = env.dataverse.table("bt_session").expect("created");
+    let defined = simulators::dataverse::model::TableMeta::from_definition(
+        simulators::dataverse::model::BT_SESSION_DEFINITION,
+    )
+    .expect("definition");
+    let shape = |t: &simulators::dataverse::model::TableMeta| {
+        // Each column as (logical name, type, length, behavior, lookup target), sorted.
+        let mut columns: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {:?} {:?} {:?} {:?}",
+                    c.logical_name, c.kind, c.max_length, c.behavior, c.target
+                )
+            })
+            .collect();
+        columns.sort();
+        let keys: Vec<(Vec<String>, String)> = t
+            .keys
+            .iter()
+            .map(|k| (k.columns.clone(), k.schema_name.clone()))
+            .collect();
+        (
+            t.schema_name.clone(),
+            t.entity_set.clone(),
+            t.primary_id.clone(),
+            t.primary_name.clone(),
+            t.has_notes,
+            columns,
+            keys,
+        )
+    };
+    assert_eq!(shape(&made), shape(&defined));
+    let made_here = env.dataverse.customizations();
+    let (publishers, solutions, published, components) = (
+        made_here.publishers,
+        made_here.solutions,
+        made_here.publish_calls,
+        made_here.components,
+    );
+    assert!(publishers.contains(&("beyondtrustmiddleware".to_owned(), "bt".to_owned())));
+    assert!(solutions.contains(&"BeyondTrustMiddlewareEngine".to_owned()));
+    assert_eq!(published, 1);
+    assert!(
+        components
+            .iter()
+            .all(|(solution, _)| solution == "BeyondTrustMiddlewareEngine"),
+        "{components:?}"
+    );
+    assert_eq!(
+        components.len(),
+        1 + 21 + 1 + 1,
+        "the table, 21 more columns, the lookup, the key"
+    );
+
+    let (_, again) = env
+        .host
+        .post_empty(&format!("/api/configurations/{id}/actions/provision"))
+        .await;
+    assert_eq!(
+        again["checks"],
+        json!([{"name": "Provisioning", "ok": true, "detail": "nothing to do: bt_session already matches the definition"}])
+    );
+    assert_eq!(
+        env.dataverse.customizations().publish_calls,
+        1,
+        "nothing published again"
+    );
+    let (_, after) = env
+        .host
+        .post_empty(&format!("/api/configurations/{id}/actions/check-schema"))
+        .await;
+    assert_eq!(after["ok"], true, "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_column_is_reported_and_left_alone() {
+    let env = Env::start(ApplianceOptions::default(), DataverseOptions::default()).await;
+    env.dataverse
+        .alter_column("bt_session", "bt_name", |c| c.max_length = Some(100));
+    let id = env.configure("Drifted", json!({})).await;
+    let (_, report) = env
+        .host
+        .post_empty(&format!("/api/configurations/{id}/actions/provision"))
+        .await;
+    assert_eq!(report["ok"], false);
+    let drift = report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "column bt_name"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        drift["detail"],
+        "has length 100, the definition says 200; not changed: fix it in Dynamics"
+    );
+    assert_eq!(
+        env.dataverse
+            .table("bt_session")
+            .and_then(|t| t.column("bt_name").and_then(|c| c.max_length)),
+        Some(100)
+    );
+    let (_, test) = env
+        .host
+        .post_empty(&format!("/api/configurations/{id}/test"))
+        .await;
+    let table = test["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "BeyondTrust Session table"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(table["ok"], false);
+    assert_eq!(table["detail"], "column bt_name has length 100, the definition says 200; run the \"check schema\" action for details");
+
+    // The same from the command line, on the engine's data folder.
+    let output = env.host.cli(&["action", "Drifted", "check-schema"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.starts_with("check-schema on \"Drifted\" (dynamics365):"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("FAILED  column bt_name: has length 100, the definition says 200; not changed by provisioning: fix it in Dynamics"), "{stdout}");
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_privileges_stop_provisioning_with_dataverses_message() {
+    let env = Env::start(ApplianceOptions::default(), unprovisioned()).await;
+    env.dataverse.revoke_privilege("prvCreateEntity");
+    let body = json!({"plugin": "dynamics365", "name": "Unprivileged", "settings": env.settings(json!({}))});
+    let (_, created) = env.host.post("/api/configurations", &body).await;
+    let id = created["id"].as_i64().expect("id");
+    let (_, report) = env
+        .host
+        .post_empty(&format!("/api/configurations/{id}/actions/provision"))
+        .await;
+    assert_eq!(report["ok"], false);
+    let last = report["checks"]
+        .as_array()
+        .and_then(|c| c.last())
+        .cloned()
+        .unwrap_or_default();
+    let detail = last["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with(
+            "Dataverse answered HTTP 403 to creating table bt_session: Principal user"
+        ),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("is missing prvCreateEntity privilege"),
+        "{detail}"
+    );
+    assert!(env.dataverse.table("bt_session").is_none());
+    let (status, body) = env
+        .host
+        .post_empty(&format!("/api/configurations/{id}/actions/explode"))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("the plugin offers no action \"explode\""))
     );
 }

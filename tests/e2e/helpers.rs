@@ -260,6 +260,19 @@ impl TestHost {
         let _ = self.child.wait();
     }
 
+    /// Runs `middleware-engine <args>` on this host's Plugins and data folders.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(host_binary())
+            .args(args)
+            .arg("--plugins-dir")
+            .arg(&self.plugins_dir)
+            .arg("--data-dir")
+            .arg(self.data.path().join("data"))
+            .env_remove("MWE_CONFIG")
+            .output()
+            .expect("host runs")
+    }
+
     /// The process id, to send it signals.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -40,7 +40,7 @@ fn plugins_command_gives_each_plugin_its_verdict() {
         format!("ok      file-sink/libfile_sink_plugin.{SO}: file-sink \"File Sink (example)\" 0.1.0"),
         format!("FAILED  file-sink-copy/libfile_sink_plugin.{SO}: another plugin with the id \"file-sink\" is already loaded from {dir}/file-sink/libfile_sink_plugin.{SO}; remove one of them"),
         format!("FAILED  not-a-plugin/libfixture_not_a_plugin.{SO}: not a middleware engine plugin: the library exports no plugin entry point"),
-        format!("FAILED  old-api/libfixture_old_api.{SO}: built against plugin-api 0.0.1, but this host uses plugin-api 0.1.0; rebuild the plugin against plugin-api 0.1.0"),
+        format!("FAILED  old-api/libfixture_old_api.{SO}: built against plugin-api 0.0.1, but this host uses plugin-api {v}; rebuild the plugin against plugin-api {v}", v = plugin_api::PLUGIN_API_VERSION),
         format!("FAILED  text/notes.{SO}: not a loadable library: {dir}/text/notes.{SO}: file too short"),
         "2 loaded, 7 failed".to_owned(),
     ];

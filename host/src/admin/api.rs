@@ -62,6 +62,7 @@ pub async fn list_plugins(State(app): State<AppState>) -> Json<Vec<Value>> {
                 "settings": p.manifest.settings,
                 "outbound_event_types": p.manifest.outbound_event_types,
                 "polling_event_types": p.manifest.polling_event_types,
+                "actions": p.manifest.actions,
             }),
             Verdict::Failed(reason) => json!({
                 "id": entry.folder,
@@ -73,6 +74,7 @@ pub async fn list_plugins(State(app): State<AppState>) -> Json<Vec<Value>> {
                 "settings": [],
                 "outbound_event_types": [],
                 "polling_event_types": [],
+                "actions": [],
             }),
         })
         .collect();
@@ -211,4 +213,33 @@ pub async fn test_configuration(
 ) -> Result<Json<Value>, ApiError> {
     let report = app.configurations.test(id).await?;
     Ok(Json(json!({ "ok": report.ok(), "checks": report.checks })))
+}
+
+/// `GET /api/configurations/{id}/actions`: what the configuration's plugin offers.
+pub async fn list_actions(
+    State(app): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(app.configurations.actions(id).await?)))
+}
+
+/// `POST /api/configurations/{id}/actions/{action}`: a report like the test's, with
+/// the progress lines the plugin wrote while it ran.
+pub async fn run_action(
+    State(app): State<AppState>,
+    Path((id, action)): Path<(i64, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = std::sync::Arc::clone(&progress);
+    let log: plugin_api::loader::LogFn = std::sync::Arc::new(move |_, line: &str| {
+        tracing::info!(configuration_id = id, "{line}");
+        if let Ok(mut lines) = sink.lock() {
+            lines.push(line.to_owned());
+        }
+    });
+    let report = app.configurations.run_action(id, &action, log).await?;
+    let lines = progress.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok(Json(
+        json!({ "ok": report.ok(), "checks": report.checks, "progress": lines }),
+    ))
 }

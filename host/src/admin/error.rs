@@ -70,7 +70,9 @@ impl IntoResponse for ApiError {
 impl From<ConfigError> for ApiError {
     fn from(e: ConfigError) -> Self {
         match e {
-            ConfigError::NotFound(_) => Self::NotFound(e.to_string()),
+            ConfigError::NotFound(_) | ConfigError::UnknownAction(_) => {
+                Self::NotFound(e.to_string())
+            }
             ConfigError::Invalid(errors) => Self::Validation(errors),
             ConfigError::DuplicateName(_) => Self::Conflict(e.to_string()),
             ConfigError::Store(_) | ConfigError::Secrets(_) => Self::Internal(e.to_string()),

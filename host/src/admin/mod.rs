@@ -48,6 +48,11 @@ pub fn router(state: Arc<AdminState>, settings: &HostSettings) -> Router {
             "/configurations/{id}/disable",
             post(api::disable_configuration),
         )
+        .route("/configurations/{id}/actions", get(api::list_actions))
+        .route(
+            "/configurations/{id}/actions/{action}",
+            post(api::run_action),
+        )
         .route("/events", get(events_api::list_events))
         .route("/events/{id}", get(events_api::get_event))
         .route("/events/{id}/retry", post(events_api::retry_event))

@@ -57,7 +57,12 @@ pub enum ConfigError {
     Store(StoreError),
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    #[error("the plugin offers no action {0:?}")]
+    UnknownAction(String),
 }
+
+/// Actions (provisioning, say) may wait on the remote side for minutes.
+const ACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 impl From<StoreError> for ConfigError {
     fn from(e: StoreError) -> Self {
@@ -287,6 +292,56 @@ impl Configurations {
             Ok(report) => report,
             Err(e) => failed_check("Plugin test", e.message),
         })
+    }
+
+    /// The actions the configuration's plugin offers.
+    pub async fn actions(&self, id: i64) -> Result<Vec<plugin_api::ActionDecl>, ConfigError> {
+        let config = self.get(id).await?;
+        Ok(self
+            .registry
+            .plugin(&config.plugin)
+            .map(|p| p.manifest.actions.clone())
+            .unwrap_or_default())
+    }
+
+    /// Runs a plugin action on a configuration (enabled or not); progress lines go
+    /// to `progress` as they come.
+    pub async fn run_action(
+        &self,
+        id: i64,
+        action: &str,
+        progress: plugin_api::loader::LogFn,
+    ) -> Result<TestReport, ConfigError> {
+        let config = self.get(id).await?;
+        let Some(plugin) = self.registry.plugin(&config.plugin).cloned() else {
+            return Ok(failed_check(
+                "Plugin",
+                live::plugin_missing(&self.registry, &config.plugin),
+            ));
+        };
+        if !plugin.manifest.actions.iter().any(|a| a.name == action) {
+            return Err(ConfigError::UnknownAction(action.to_owned()));
+        }
+        let action = action.to_owned();
+        tracing::info!(configuration = %config.name, action = %action, "running an action");
+        let result = run_blocking(ACTION_TIMEOUT, move || {
+            plugin.run_action(&config.name, &config.settings, &action, progress)
+        })
+        .await;
+        Ok(match result {
+            Ok(report) => report,
+            Err(e) => failed_check("Action", e.message),
+        })
+    }
+
+    /// Configurations with this name (one per plugin at most).
+    pub async fn by_name(&self, name: &str) -> Result<Vec<Configuration>, ConfigError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|c| c.name == name)
+            .collect())
     }
 
     fn manifest(&self, plugin: &str) -> Result<Manifest, ConfigError> {

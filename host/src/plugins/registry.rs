@@ -12,7 +12,7 @@ pub const LIBRARY_EXTENSION: &str = std::env::consts::DLL_EXTENSION;
 /// What became of one plugin library (or of a folder that holds none).
 #[derive(Debug, Clone)]
 pub enum Verdict {
-    Loaded(LoadedPlugin),
+    Loaded(Box<LoadedPlugin>),
     Failed(String),
 }
 
@@ -154,7 +154,7 @@ fn load_unique(library: &Path, ids: &mut HashMap<String, PathBuf>) -> Verdict {
             )),
             None => {
                 ids.insert(plugin.manifest.id.clone(), library.to_owned());
-                Verdict::Loaded(plugin)
+                Verdict::Loaded(Box::new(plugin))
             }
         },
         Err(e) => Verdict::Failed(e.to_string()),

@@ -179,6 +179,18 @@ impl DynamicsClient {
         body: Option<&Value>,
         what: &str,
     ) -> Result<Answer, PluginError> {
+        self.send_with(method, path, body, &[], what).await
+    }
+
+    /// [`DynamicsClient::send`] with extra headers (e.g. `MSCRM.SolutionUniqueName`).
+    pub async fn send_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+        what: &str,
+    ) -> Result<Answer, PluginError> {
         let mut renewed = false;
         loop {
             let token = self.token().await?;
@@ -189,6 +201,9 @@ impl DynamicsClient {
                 .header("Accept", "application/json")
                 .header("OData-MaxVersion", "4.0")
                 .header("OData-Version", "4.0");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
             if let Some(body) = body {
                 request = request
                     .header("Content-Type", "application/json; charset=utf-8")

@@ -3,6 +3,7 @@
 
 mod control;
 mod entra;
+pub mod metadata;
 pub mod model;
 mod webapi;
 
@@ -87,6 +88,7 @@ pub(crate) struct State {
     pub(crate) tables: Mutex<BTreeMap<String, Table>>,
     pub(crate) annotations: Mutex<Vec<Annotation>>,
     pub(crate) missing_privileges: Mutex<HashSet<String>>,
+    pub(crate) customizations: Mutex<metadata::Customizations>,
     pub(crate) limits: Mutex<Limits>,
     pub(crate) window: Mutex<VecDeque<Instant>>,
     pub(crate) in_flight: AtomicU32,
@@ -114,6 +116,16 @@ pub struct Dataverse {
     pub cert_path: std::path::PathBuf,
     pub tenant_id: String,
     pub client_id: String,
+}
+
+/// Publishers (unique name, prefix), solutions (unique name), PublishXml calls, and
+/// which solution each created component went into.
+#[derive(Debug, Clone, Default)]
+pub struct CustomizationReport {
+    pub publishers: Vec<(String, String)>,
+    pub solutions: Vec<String>,
+    pub publish_calls: u64,
+    pub components: Vec<(String, String)>,
 }
 
 /// Everything written, for tests and the demo.
@@ -148,6 +160,7 @@ impl Dataverse {
             tables: Mutex::new(tables),
             annotations: Mutex::new(Vec::new()),
             missing_privileges: Mutex::new(HashSet::new()),
+            customizations: Mutex::new(metadata::Customizations::new()),
             limits: Mutex::new(options.limits),
             window: Mutex::new(VecDeque::new()),
             in_flight: AtomicU32::new(0),
@@ -260,6 +273,21 @@ impl Dataverse {
     /// Takes a privilege (e.g. `prvReadIncident`) away from the application user.
     pub fn revoke_privilege(&self, privilege: &str) {
         lock(&self.state.missing_privileges).insert(privilege.to_owned());
+    }
+
+    /// What provisioning left: publishers, solutions, publications, components.
+    pub fn customizations(&self) -> CustomizationReport {
+        let c = lock(&self.state.customizations);
+        CustomizationReport {
+            publishers: c
+                .publishers
+                .iter()
+                .map(|p| (p.uniquename.clone(), p.customizationprefix.clone()))
+                .collect(),
+            solutions: c.solutions.iter().map(|s| s.uniquename.clone()).collect(),
+            publish_calls: c.publish_calls,
+            components: c.components.clone(),
+        }
     }
 
     pub fn drop_table(&self, logical_name: &str) {

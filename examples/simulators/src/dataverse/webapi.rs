@@ -136,7 +136,51 @@ async fn handle(
             Ok(_) => bad_request("Address a note by its id: annotations(<guid>)."),
             Err(r) => r,
         },
-        (Method::GET, "EntityDefinitions") => entity_definition(&state, &url, &path, &query),
+        (Method::GET, "EntityDefinitions") => match path.split_once("/Keys(LogicalName=") {
+            Some((table, key)) => {
+                let table = table
+                    .split_once("LogicalName='")
+                    .map(|(_, r)| r.trim_end_matches("')"))
+                    .unwrap_or("");
+                let key = key.trim_end_matches(')').trim_matches('\'');
+                super::metadata::read_key(&state, table, key)
+            }
+            None => entity_definition(&state, &url, &path, &query),
+        },
+        (Method::GET, "publishers") => super::metadata::list_publishers(&state, &query),
+        (Method::GET, "solutions") => super::metadata::list_solutions(&state, &query),
+        (
+            Method::POST,
+            "publishers"
+            | "solutions"
+            | "EntityDefinitions"
+            | "RelationshipDefinitions"
+            | "PublishXml",
+        ) => {
+            let Ok(json_body) = serde_json::from_slice::<Value>(&body) else {
+                return bad_request("The request body is not JSON.");
+            };
+            let table = path
+                .split_once("LogicalName='")
+                .and_then(|(_, r)| r.split_once("')"))
+                .map(|(t, _)| t.to_owned());
+            match (endpoint.as_str(), table, path.rsplit('/').next()) {
+                ("publishers", _, _) => super::metadata::create_publisher(&state, &url, &json_body),
+                ("solutions", _, _) => super::metadata::create_solution(&state, &url, &json_body),
+                ("RelationshipDefinitions", _, _) => {
+                    super::metadata::create_relationship(&state, &url, &headers, &json_body)
+                }
+                ("PublishXml", _, _) => super::metadata::publish(&state, &json_body),
+                (_, Some(t), Some("Attributes")) => {
+                    super::metadata::create_column(&state, &url, &headers, &t, &json_body)
+                }
+                (_, Some(t), Some("Keys")) => {
+                    super::metadata::create_key(&state, &url, &headers, &t, &json_body)
+                }
+                (_, None, _) => super::metadata::create_table(&state, &url, &headers, &json_body),
+                _ => bad_request(format!("Resource not found for the segment '{path}'.")),
+            }
+        }
         (m, set) => {
             let table = lock(&state.tables)
                 .values()

@@ -149,6 +149,10 @@ function configRows(plugin, config) {
       loaded ? action("edit", "Edit", () => openForm(plugin, config)) : null,
       action("test", "Test", () => runTest(config)),
       action("history", "History", () => openHistory({ configuration: String(config.id) })),
+      ...(plugin.actions || []).map((a) => el("button", {
+        class: "secondary", "data-action": "plugin-action", "data-plugin-action": a.name, title: a.description,
+        onclick: () => runPluginAction(config, a),
+      }, a.label)),
       action("copy", "Copy", () => copyConfig(config)),
       config.disabled
         ? action("enable", "Enable", () => setDisabled(config, false))
@@ -160,7 +164,10 @@ function configRows(plugin, config) {
     rows.push(el("tr", { class: "test-row", "data-test-for": config.id },
       el("td", { colspan: 3 },
         el("div", { class: "test-result " + (test.ok ? "ok" : "failed") },
-          el("strong", { text: test.ok ? "Test passed" : "Test failed" }),
+          el("strong", { text: (test.title || "Test") + (test.ok ? " passed" : " failed") }),
+          test.progress && test.progress.length
+            ? el("details", { class: "progress" }, el("summary", { text: "Progress" }), el("pre", { text: test.progress.join("\n") }))
+            : null,
           el("ul", {}, (test.checks || []).map((c) =>
             el("li", { class: c.ok ? "ok" : "failed", "data-check": c.name },
               el("span", { class: "mark", text: c.ok ? "✓" : "✗" }),
@@ -178,6 +185,28 @@ async function runTest(config) {
   renderAll();
 }
 
+async function confirmDialog(title, text, button) {
+  const dialog = document.getElementById("confirm-dialog");
+  document.getElementById("confirm-title").textContent = title;
+  document.getElementById("confirm-text").textContent = text;
+  document.getElementById("confirm-yes").textContent = button;
+  dialog.returnValue = "";
+  dialog.showModal();
+  await new Promise((resolve) => dialog.addEventListener("close", resolve, { once: true }));
+  return dialog.returnValue === "confirm";
+}
+
+async function runPluginAction(config, action) {
+  if (action.changes_things && !(await confirmDialog(action.label, `${action.description}\n\nRun it for "${config.name}"?`, action.label))) return;
+  state.tests[config.id] = { title: action.label, ok: false, checks: [{ name: action.label, ok: false, detail: "running… (this can take a few minutes)" }] };
+  renderAll();
+  const r = await api("POST", `/api/configurations/${config.id}/actions/${encodeURIComponent(action.name)}`);
+  state.tests[config.id] = r.ok
+    ? Object.assign({ title: action.label }, r.data)
+    : { title: action.label, ok: false, checks: [{ name: action.label, ok: false, detail: (r.data || {}).error || "failed" }] };
+  renderAll();
+}
+
 async function copyConfig(config) {
   const r = await api("POST", `/api/configurations/${config.id}/copy`);
   if (r.ok) notify(`Copied as "${r.data.name}" (disabled until you enable it).`);
@@ -192,13 +221,9 @@ async function setDisabled(config, disabled) {
 }
 
 async function deleteConfig(config) {
-  const dialog = document.getElementById("confirm-dialog");
-  document.getElementById("confirm-text").textContent =
-    `Delete the configuration "${config.name}"? It cannot be recovered after deletion.`;
-  dialog.returnValue = "";
-  dialog.showModal();
-  await new Promise((resolve) => dialog.addEventListener("close", resolve, { once: true }));
-  if (dialog.returnValue !== "confirm") return;
+  const yes = await confirmDialog("Delete configuration",
+    `Delete the configuration "${config.name}"? It cannot be recovered after deletion.`, "Delete");
+  if (!yes) return;
   const r = await api("DELETE", `/api/configurations/${config.id}`);
   if (r.ok) notify(`Deleted "${config.name}".`);
   else notify((r.data || {}).error || "Delete failed", "error");
