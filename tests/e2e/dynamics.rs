@@ -13,10 +13,10 @@ use simulators::dataverse::{Dataverse, DataverseOptions, Limits};
 
 use crate::helpers::{PluginsDir, TestHost};
 
-struct Env {
-    appliance: Appliance,
-    dataverse: Dataverse,
-    host: TestHost,
+pub(crate) struct Env {
+    pub(crate) appliance: Appliance,
+    pub(crate) dataverse: Dataverse,
+    pub(crate) host: TestHost,
     /// Both simulators' certificates, for `ca_certificate_file`.
     ca_bundle: PathBuf,
     _plugins: PluginsDir,
@@ -24,7 +24,7 @@ struct Env {
 }
 
 impl Env {
-    async fn start(appliance: ApplianceOptions, dataverse: DataverseOptions) -> Self {
+    pub(crate) async fn start(appliance: ApplianceOptions, dataverse: DataverseOptions) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let appliance = Appliance::start(appliance, dir.path())
             .await
@@ -58,28 +58,8 @@ impl Env {
         Self::start(ApplianceOptions::default(), unprovisioned()).await
     }
 
-    fn settings(&self, overrides: Value) -> Value {
-        let mut settings = json!({
-            "bt_hostname": self.appliance.host,
-            "bt_client_id": self.appliance.client_id,
-            "bt_client_secret": self.appliance.client_secret(),
-            "ca_certificate_file": self.ca_bundle.to_str().expect("utf-8"),
-            "outbound_event_types": ["support_conference_end", "support_conference_customer_exit_survey_completed", "support_conference_rep_exit_survey_completed"],
-            "retry_outbound_event_types": ["support_conference_end", "support_conference_customer_exit_survey_completed", "support_conference_rep_exit_survey_completed"],
-            "retry_attempt_limit": 5,
-            "dynamics_url": self.dataverse.url,
-            "azure_tenant_id": self.dataverse.tenant_id,
-            "azure_client_id": self.dataverse.client_id,
-            "azure_client_secret": self.dataverse.client_secret(),
-            "azure_cloud": self.dataverse.authority,
-            "import_timestamps_as_utc": true,
-        });
-        if let (Some(s), Some(o)) = (settings.as_object_mut(), overrides.as_object()) {
-            for (k, v) in o {
-                s.insert(k.clone(), v.clone());
-            }
-        }
-        settings
+    pub(crate) fn settings(&self, overrides: Value) -> Value {
+        settings_for(&self.appliance, &self.dataverse, &self.ca_bundle, overrides)
     }
 
     async fn configure(&self, name: &str, overrides: Value) -> i64 {
@@ -103,7 +83,7 @@ impl Env {
     }
 
     /// Creates a session that ends now (its outbound event follows).
-    fn end_session(&self, spec: SessionSpec) -> String {
+    pub(crate) fn end_session(&self, spec: SessionSpec) -> String {
         let lsid = self.appliance.create_session(spec);
         self.appliance.end_session(&lsid, None).expect("ends");
         lsid
@@ -118,6 +98,35 @@ impl Env {
     async fn history(&self, lsid: &str) -> Vec<Value> {
         self.host.events(&format!("lsid={lsid}")).await
     }
+}
+
+fn settings_for(
+    appliance: &Appliance,
+    dataverse: &Dataverse,
+    ca_bundle: &std::path::Path,
+    overrides: Value,
+) -> Value {
+    let mut settings = json!({
+        "bt_hostname": appliance.host,
+        "bt_client_id": appliance.client_id,
+        "bt_client_secret": appliance.client_secret(),
+        "ca_certificate_file": ca_bundle.to_str().expect("utf-8"),
+        "outbound_event_types": ["support_conference_end", "support_conference_customer_exit_survey_completed", "support_conference_rep_exit_survey_completed"],
+        "retry_outbound_event_types": ["support_conference_end", "support_conference_customer_exit_survey_completed", "support_conference_rep_exit_survey_completed"],
+        "retry_attempt_limit": 5,
+        "dynamics_url": dataverse.url,
+        "azure_tenant_id": dataverse.tenant_id,
+        "azure_client_id": dataverse.client_id,
+        "azure_client_secret": dataverse.client_secret(),
+        "azure_cloud": dataverse.authority,
+        "import_timestamps_as_utc": true,
+    });
+    if let (Some(s), Some(o)) = (settings.as_object_mut(), overrides.as_object()) {
+        for (k, v) in o {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    settings
 }
 
 fn unprovisioned() -> DataverseOptions {
@@ -928,5 +937,130 @@ async fn missing_privileges_stop_provisioning_with_dataverses_message() {
     assert_eq!(
         (status, body["error"].as_str()),
         (404, Some("the plugin offers no action \"explode\""))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_remotes_delay_events_but_every_one_completes() {
+    let env = Env::default().await;
+    env.configure("Main", json!({"update_all_sessions": true}))
+        .await;
+    let rule = |fault: Fault, count: u32, endpoint: &str| FaultRule {
+        fault,
+        count,
+        endpoint: Some(endpoint.into()),
+    };
+    // Resets and 5xx from the appliance, slow and failing Dataverse, revoked tokens.
+    env.appliance.arm(rule(Fault::Reset, 2, "reporting"));
+    env.appliance
+        .arm(rule(Fault::Status { status: 500 }, 2, "reporting"));
+    env.dataverse
+        .arm(rule(Fault::Slow { millis: 1500 }, 2, "bt_sessions"));
+    env.dataverse
+        .arm(rule(Fault::Status { status: 502 }, 2, "incidents"));
+    env.dataverse.arm(rule(Fault::Reset, 1, "bt_sessions"));
+    let sessions: Vec<String> = (0..6)
+        .map(|_| env.end_session(SessionSpec::default()))
+        .collect();
+    env.appliance.revoke_tokens();
+    env.dataverse.revoke_tokens();
+    env.host.wait_for_state("succeeded", 6).await;
+    for lsid in &sessions {
+        assert!(env.dataverse.row(lsid).is_some(), "{lsid} landed");
+    }
+    assert!(
+        env.host.events("state=failed").await.is_empty(),
+        "nothing failed that a retry could save"
+    );
+    let retried: i64 = env
+        .host
+        .events("")
+        .await
+        .iter()
+        .filter_map(|e| e["attempts"].as_i64())
+        .map(|a| a - 1)
+        .sum();
+    assert!(retried >= 3, "the faults cost retries ({retried})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_burst_of_session_ends_loses_no_row_and_doubles_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = ApplianceOptions {
+        retry_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let appliance = Appliance::start(options, dir.path())
+        .await
+        .expect("appliance");
+    let dataverse = Dataverse::start(DataverseOptions::default(), dir.path())
+        .await
+        .expect("dataverse");
+    let mut bundle = std::fs::read_to_string(&dataverse.cert_path).expect("cert");
+    bundle.push_str(
+        &std::fs::read_to_string(appliance.cert_path.as_ref().expect("tls")).expect("cert"),
+    );
+    let ca_bundle = dir.path().join("trusted.pem");
+    std::fs::write(&ca_bundle, bundle).expect("bundle");
+    let plugins = PluginsDir::new();
+    plugins.add("dynamics365", "plugin_dynamics");
+    // A fixed event port, so that the appliance finds the engine again after the restart.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let listen = format!("127.0.0.1:{port}");
+    let mut host = TestHost::start_with_env(&plugins, &[("MWE_EVENT_LISTEN", listen.as_str())]);
+    let settings = settings_for(
+        &appliance,
+        &dataverse,
+        &ca_bundle,
+        json!({"update_all_sessions": true}),
+    );
+    let (status, created) = host
+        .post(
+            "/api/configurations",
+            &json!({"plugin": "dynamics365", "name": "Burst", "settings": settings}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    appliance.add_recipient(&format!("http://{listen}/ERSPost"));
+
+    const TOTAL: usize = 300;
+    let lsids: Vec<String> = (0..TOTAL)
+        .map(|_| {
+            let lsid = appliance.create_session(SessionSpec::default());
+            appliance.end_session(&lsid, None).expect("ends");
+            lsid
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while dataverse.snapshot().rows.len() < TOTAL / 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the burst did not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    host.kill();
+    assert!(
+        dataverse.snapshot().rows.len() < TOTAL,
+        "the engine died during the burst"
+    );
+    // The appliance keeps re-sending its head event until the engine answers again.
+    let host = host.start_again();
+    host.wait_for_state("succeeded", TOTAL).await;
+    let rows = dataverse.snapshot().rows;
+    assert_eq!(rows.len(), TOTAL, "one row per session, none twice");
+    for lsid in &lsids {
+        assert!(
+            rows.iter().any(|r| r["bt_lsid"] == lsid.as_str()),
+            "{lsid} has a row"
+        );
+    }
+    assert_eq!(
+        host.events("limit=1000").await.len(),
+        TOTAL,
+        "each accepted event stored once"
     );
 }

@@ -729,3 +729,45 @@ async fn the_polling_cursor_advances_and_survives_a_restart() {
         .expect("text");
     assert!(text.contains("mwe_polls_total{result=\"ok\"} 1"), "{text}");
 }
+
+#[tokio::test]
+async fn a_locked_database_gets_503_so_the_appliance_keeps_the_event() {
+    let plugins = plugins();
+    let host = TestHost::start(&plugins);
+    scripted(&host, "Main", json!({})).await;
+    // Another process holds the database's write lock.
+    let blocker = rusqlite::Connection::open(host.database_file()).expect("open");
+    blocker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let (status, body) = host.post_event(None, &end_event("m1", "1", "ok")).await;
+    assert_eq!(status, 503);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("the event could not be stored")
+                && e.ends_with("the appliance keeps it and sends it again")),
+        "{body}"
+    );
+    blocker.execute_batch("ROLLBACK").expect("unlock");
+    // The appliance sends it again; now it is stored, once.
+    let (status, _) = host.post_event(None, &end_event("m1", "1", "ok")).await;
+    assert_eq!(status, 200);
+    host.wait_for_state("succeeded", 1).await;
+    assert_eq!(
+        host.events("").await.len(),
+        1,
+        "nothing half-written from the refused attempt"
+    );
+    let text = host
+        .http
+        .get(host.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("mwe_events_received_total{outcome=\"unavailable\"} 1"),
+        "{text}"
+    );
+}

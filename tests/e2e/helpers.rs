@@ -173,11 +173,16 @@ impl TestHost {
                 "serve",
                 "--admin-listen",
                 "127.0.0.1:0",
-                "--event-listen",
-                "127.0.0.1:0",
                 "--log-level",
                 "debug",
             ])
+            // A random event port, unless the test fixed one (MWE_EVENT_LISTEN).
+            .args(
+                (!extra_env.iter().any(|(k, _)| k == "MWE_EVENT_LISTEN"))
+                    .then_some(["--event-listen", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             // Retries in tests come quickly; the default starts at 30 s.
             .args([
                 "--retry-backoff-min-ms",

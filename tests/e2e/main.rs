@@ -2,6 +2,7 @@
 
 mod admin_api;
 mod admin_security;
+mod browser;
 mod dynamics;
 mod events;
 mod helpers;

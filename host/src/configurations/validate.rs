@@ -305,3 +305,48 @@ mod tests {
         );
     }
 }
+
+/// Fuzzing the settings validation: any JSON for any key gives field errors or a
+/// valid configuration, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use plugin_api::{EventTypeDecl, SettingDecl};
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,300}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(2, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z_]{1,10}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_settings_get_a_verdict(
+            name in ".{0,150}",
+            values in proptest::collection::vec((0usize..20, json_value()), 0..20),
+        ) {
+            let end = EventTypeDecl::new("support_conference_end", "Support Session End");
+            let manifest = Manifest::new("f", "F", "1", "", vec![end.clone()], vec![end], vec![SettingDecl::text("target", "Target")]);
+            let keys: Vec<String> = manifest.settings.iter().map(|s| s.key.clone()).chain(["unknown".to_owned()]).collect();
+            let settings: Map<String, Value> = values.into_iter().map(|(i, v)| (keys[i % keys.len()].clone(), v)).collect();
+            let input = ConfigurationInput { plugin: "f".into(), name, disabled: None, settings };
+            match validate(&manifest, &input, &Settings::default()) {
+                Ok(v) => prop_assert!(v.errors.values().all(|m| !m.is_empty())),
+                Err(errors) => prop_assert!(!errors.is_empty() && errors.values().all(|m| !m.is_empty())),
+            }
+        }
+    }
+}

@@ -188,3 +188,38 @@ mod tests {
         );
     }
 }
+
+/// Fuzzing (`PROPTEST_CASES=100000 cargo test -p host fuzz` for a longer run): any
+/// body and any appliance parameter give a verdict, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_body_gets_a_verdict(body in proptest::collection::vec(any::<u8>(), 0..2048), appliance in proptest::option::of(".{0,120}")) {
+            match super::parse(appliance.as_deref(), &body) {
+                Ok(event) => prop_assert!(!event.event_type.is_empty()),
+                Err(reason) => prop_assert!(!reason.is_empty()),
+            }
+        }
+
+        #[test]
+        fn forms_built_from_the_standard_fields_parse_or_say_why(
+            event in "[a-z_]{0,40}|.{0,20}",
+            version in "[0-9.]{0,5}|.{0,5}",
+            timestamp in "-?[0-9]{0,12}|.{0,8}",
+            lsid in proptest::option::of("[a-f0-9]{0,40}|.{0,10}"),
+        ) {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("event", &event).append_pair("version", &version).append_pair("timestamp", &timestamp);
+            if let Some(l) = &lsid {
+                form.append_pair("lsid", l);
+            }
+            let body = form.finish();
+            if let Err(reason) = super::parse(None, body.as_bytes()) {
+                prop_assert!(reason.starts_with("the form field"), "{reason}");
+            }
+        }
+    }
+}

@@ -503,3 +503,32 @@ mod tests {
         );
     }
 }
+
+/// Fuzzing the report parser: arbitrary text and damaged real answers give an error
+/// or sessions, never a panic or a hang.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const REAL: &str = include_str!("../../tests/fixtures/support-session-pra-cloud.xml");
+
+    proptest! {
+        #[test]
+        fn any_text_gets_a_verdict(text in ".{0,2000}") {
+            let _ = sessions(&text);
+            let _ = exit_surveys(&text);
+            let _ = reporting_permission(&text);
+        }
+
+        #[test]
+        fn a_damaged_real_answer_gets_a_verdict(cut in 0usize..REAL.len(), insert in ".{0,40}") {
+            let mut damaged: String = REAL.chars().take(cut).collect();
+            damaged.push_str(&insert);
+            damaged.extend(REAL.chars().skip(cut));
+            if let Ok(found) = sessions(&damaged) {
+                prop_assert!(found.len() <= 2);
+            }
+        }
+    }
+}

@@ -290,6 +290,11 @@ impl Dataverse {
         }
     }
 
+    /// Gives a privilege back.
+    pub fn restore_privilege(&self, privilege: &str) {
+        lock(&self.state.missing_privileges).remove(privilege);
+    }
+
     pub fn drop_table(&self, logical_name: &str) {
         lock(&self.state.tables).remove(logical_name);
     }

@@ -97,7 +97,7 @@ function statusBadge(config) {
   const s = config.status || {};
   const labels = { running: "Running", disabled: "Disabled", plugin_not_loaded: "Plugin not loaded", failed: "Error" };
   return el("div", {},
-    el("span", { class: "badge " + (s.state || "unknown"), "data-status": s.state }, labels[s.state] || s.state || "?"),
+    el("span", { class: "badge status-" + (s.state || "unknown"), "data-status": s.state }, labels[s.state] || s.state || "?"),
     s.detail ? el("p", { class: "status-detail", text: s.detail }) : null);
 }
 
@@ -233,18 +233,18 @@ async function deleteConfig(config) {
 
 // ---- the event history ----
 
-const history = { filters: { configuration: "", state: "", lsid: "" }, open: new Set() };
+const eventHistory = { filters: { configuration: "", state: "", lsid: "" }, open: new Set() };
 
 function fmtTime(t) { return t ? new Date(t).toLocaleString() : ""; }
 
 async function openHistory(filters) {
-  Object.assign(history.filters, { configuration: "", state: "", lsid: "" }, filters || {});
+  Object.assign(eventHistory.filters, { configuration: "", state: "", lsid: "" }, filters || {});
   const select = document.getElementById("filter-configuration");
   select.replaceChildren(el("option", { value: "", text: "all" }),
     ...state.configurations.map((c) => el("option", { value: String(c.id), text: c.name })));
-  select.value = history.filters.configuration;
-  document.getElementById("filter-state").value = history.filters.state;
-  document.getElementById("filter-lsid").value = history.filters.lsid;
+  select.value = eventHistory.filters.configuration;
+  document.getElementById("filter-state").value = eventHistory.filters.state;
+  document.getElementById("filter-lsid").value = eventHistory.filters.lsid;
   const dialog = document.getElementById("history-dialog");
   if (!dialog.open) dialog.showModal();
   await loadHistory();
@@ -252,7 +252,7 @@ async function openHistory(filters) {
 
 async function loadHistory() {
   const params = new URLSearchParams({ limit: "200" });
-  for (const [k, v] of Object.entries(history.filters)) if (v) params.set(k, v);
+  for (const [k, v] of Object.entries(eventHistory.filters)) if (v) params.set(k, v);
   const r = await api("GET", "/api/events?" + params);
   const body = document.getElementById("history-body");
   if (!r.ok) { body.replaceChildren(el("p", { class: "error-banner", text: (r.data || {}).error || "Cannot load the history" })); return; }
@@ -271,16 +271,16 @@ async function loadHistory() {
       el("td", {}, el("div", { class: "row-actions" },
         el("button", { class: "secondary", "data-action": "attempts", onclick: () => toggleAttempts(e.id) }, "Attempts"),
         e.state === "failed" ? el("button", { class: "primary", "data-action": "retry", onclick: () => retryEvent(e.id) }, "Retry now") : null))));
-    if (history.open.has(e.id)) rows.push(el("tr", { class: "attempts-row", "data-attempts-for": e.id }, el("td", { colspan: 8, id: "attempts-" + e.id })));
+    if (eventHistory.open.has(e.id)) rows.push(el("tr", { class: "attempts-row", "data-attempts-for": e.id }, el("td", { colspan: 8, id: "attempts-" + e.id })));
   }
   body.replaceChildren(el("table", { class: "history" },
     el("thead", {}, el("tr", {}, ["Received", "Configuration", "Event", "Session", "State", "Attempts", "Detail", ""].map((h) => el("th", { text: h })))),
     el("tbody", {}, rows)));
-  for (const id of history.open) await showAttempts(id);
+  for (const id of eventHistory.open) await showAttempts(id);
 }
 
 async function toggleAttempts(id) {
-  if (history.open.has(id)) history.open.delete(id); else history.open.add(id);
+  if (eventHistory.open.has(id)) eventHistory.open.delete(id); else eventHistory.open.add(id);
   await loadHistory();
 }
 
@@ -448,7 +448,7 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("history-close").addEventListener("click", () => document.getElementById("history-dialog").close());
   document.getElementById("history-filters").addEventListener("submit", (event) => {
     event.preventDefault();
-    history.filters = {
+    eventHistory.filters = {
       configuration: document.getElementById("filter-configuration").value,
       state: document.getElementById("filter-state").value,
       lsid: document.getElementById("filter-lsid").value.trim(),

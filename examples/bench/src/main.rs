@@ -1,0 +1,461 @@
+//! `bench`: measures the engine as built in release mode and writes the table to
+//! `docs/benchmarks.md`. Run through `bash examples/bench.sh`.
+//!
+//! 1. Intake: durable accepts per second and latency at 1, 8 and 64 concurrent
+//!    senders, beside a bare handler on the same HTTP stack that stores nothing.
+//! 2. End to end through the real host and Dynamics cdylib against the simulators:
+//!    sessions per minute without a limit, and with a Dataverse-like limit (scaled
+//!    down) the share of the limit used and whether any request came before a
+//!    Retry-After had passed.
+//! 3. Requests per session against each remote over 1,000 sessions.
+//! 4. Memory (RSS) idle and under load, and the time from start to ready.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use simulators::appliance::model::SessionSpec;
+use simulators::appliance::{Appliance, ApplianceOptions};
+use simulators::dataverse::{Dataverse, DataverseOptions, Limits};
+
+const LEVEL_SECONDS: u64 = 5;
+
+struct Engine {
+    child: Child,
+    admin: String,
+    events: String,
+    ready_after: Duration,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fail(message: String) -> ! {
+    eprintln!("bench: {message}");
+    std::process::exit(1)
+}
+
+fn start_engine(binary: &Path, plugins: &Path, data: &Path) -> Engine {
+    let started = Instant::now();
+    let mut child = Command::new(binary)
+        .args([
+            "serve",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--event-listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "error",
+        ])
+        .arg("--plugins-dir")
+        .arg(plugins)
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| fail(format!("cannot start {}: {e}", binary.display())));
+    let stdout = child
+        .stdout
+        .take()
+        .unwrap_or_else(|| fail("no output".into()));
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut admin, mut events) = (String::new(), String::new());
+    while events.is_empty() {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(a) = line.strip_prefix("admin page: ") {
+                    admin = a.trim_end_matches('/').to_owned();
+                }
+                if let Some(e) = line.strip_prefix("event address: ") {
+                    events = e.split("/ERSPost").next().unwrap_or("").to_owned();
+                }
+            }
+            _ => fail("the engine stopped at start".into()),
+        }
+    }
+    let ready_after = started.elapsed();
+    std::thread::spawn(move || lines.for_each(drop));
+    Engine {
+        child,
+        admin,
+        events,
+        ready_after,
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct Load {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+}
+
+/// `senders` tasks post events to `url` for `LEVEL_SECONDS`.
+async fn load(url: &str, senders: usize) -> Load {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(senders)
+        .build()
+        .unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(LEVEL_SECONDS);
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..senders)
+        .map(|_| {
+            let (client, url, latencies, errors, counter) = (
+                client.clone(),
+                url.to_owned(),
+                latencies.clone(),
+                errors.clone(),
+                counter.clone(),
+            );
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while Instant::now() < deadline {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let lsid = format!("bench{n:020}");
+                    let form = [
+                        ("event", "support_conference_end"),
+                        ("version", "3"),
+                        ("timestamp", "1764231302"),
+                        ("lsid", lsid.as_str()),
+                    ];
+                    let t = Instant::now();
+                    match client.post(&url).form(&form).send().await {
+                        Ok(r) if r.status().as_u16() == 200 => mine.push(t.elapsed()),
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                if let Ok(mut all) = latencies.lock() {
+                    all.extend(mine);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed();
+    let mut all = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    all.sort();
+    let pick = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Load {
+        per_second: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: pick(0.50),
+        p99: pick(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+async fn bare_handler() -> String {
+    let app = axum::Router::new().route(
+        "/ERSPost",
+        axum::routing::post(|_body: axum::body::Bytes| async { "ok" }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| fail(format!("bind: {e}")));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| fail(format!("addr: {e}")));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/ERSPost")
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+async fn api(http: &reqwest::Client, url: String, body: Option<Value>) -> Value {
+    let request = match body {
+        Some(b) => http.post(url).json(&b),
+        None => http.post(url),
+    };
+    match request.send().await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(e) => fail(format!("admin API: {e}")),
+    }
+}
+
+struct E2e {
+    sessions: usize,
+    seconds: f64,
+    reports: u64,
+    dataverse: u64,
+    bt_tokens: u64,
+    entra_tokens: u64,
+    throttled: u64,
+    early: u64,
+    accepted_requests: u64,
+    peak_rss: u64,
+}
+
+/// Ends `sessions` sessions on the appliance and waits until every row is in Dataverse.
+async fn end_to_end(binary: &Path, plugins: &Path, sessions: usize, limits: Option<Limits>) -> E2e {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
+    let appliance = Appliance::start(ApplianceOptions::default(), dir.path())
+        .await
+        .unwrap_or_else(|e| fail(e));
+    let dataverse = Dataverse::start(DataverseOptions::default(), dir.path())
+        .await
+        .unwrap_or_else(|e| fail(e));
+    let mut bundle = std::fs::read_to_string(&dataverse.cert_path).unwrap_or_default();
+    if let Some(c) = &appliance.cert_path {
+        bundle.push_str(&std::fs::read_to_string(c).unwrap_or_default());
+    }
+    let bundle_path = dir.path().join("trusted.pem");
+    std::fs::write(&bundle_path, bundle).unwrap_or_else(|e| fail(format!("write: {e}")));
+    let engine = start_engine(binary, plugins, &dir.path().join("data"));
+    let http = reqwest::Client::new();
+    let settings = json!({
+        "bt_hostname": appliance.host, "bt_client_id": appliance.client_id, "bt_client_secret": appliance.client_secret(),
+        "ca_certificate_file": bundle_path.to_string_lossy(),
+        "outbound_event_types": ["support_conference_end"], "retry_outbound_event_types": ["support_conference_end"], "retry_attempt_limit": 10,
+        "dynamics_url": dataverse.url, "azure_tenant_id": dataverse.tenant_id, "azure_client_id": dataverse.client_id,
+        "azure_client_secret": dataverse.client_secret(), "azure_cloud": dataverse.authority,
+        "update_all_sessions": false, "import_timestamps_as_utc": true,
+    });
+    let created = api(
+        &http,
+        format!("{}/api/configurations", engine.admin),
+        Some(json!({"plugin": "dynamics365", "name": "Bench", "settings": settings})),
+    )
+    .await;
+    if created["id"].is_null() {
+        fail(format!("configuration refused: {created}"));
+    }
+    for i in 0..sessions {
+        dataverse.add_case(&format!("CAS-{i:06}"), "Bench case");
+    }
+    if let Some(l) = limits {
+        dataverse.set_limits(l);
+    }
+    appliance.add_recipient(&format!("{}/ERSPost", engine.events));
+    let started = Instant::now();
+    for i in 0..sessions {
+        let lsid = appliance.create_session(SessionSpec {
+            external_key: Some(format!("CAS-{i:06}")),
+            start_time: Some(chrono::Utc::now().timestamp() - 300),
+            ..SessionSpec::default()
+        });
+        if let Err(e) = appliance.end_session(&lsid, None) {
+            fail(e);
+        }
+    }
+    let mut peak_rss = 0;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while dataverse.snapshot().rows.len() < sessions {
+        if Instant::now() > deadline {
+            fail(format!(
+                "only {} of {sessions} rows after 30 minutes",
+                dataverse.snapshot().rows.len()
+            ));
+        }
+        peak_rss = peak_rss.max(rss_kib(engine.child.id()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let counts = dataverse.api_counts();
+    let data_requests: u64 = ["incidents", "bt_sessions", "annotations"]
+        .iter()
+        .map(|k| counts.get(*k).copied().unwrap_or(0))
+        .sum();
+    let (early, throttled) = dataverse.throttle_report();
+    E2e {
+        sessions,
+        seconds,
+        reports: appliance.counts().get("reporting").copied().unwrap_or(0),
+        dataverse: data_requests,
+        bt_tokens: appliance.counts().get("token").copied().unwrap_or(0),
+        entra_tokens: dataverse.token_requests(),
+        throttled,
+        early,
+        accepted_requests: data_requests.saturating_sub(throttled),
+        peak_rss,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let release = PathBuf::from("target/release");
+    let binary = release.join("middleware-engine");
+    let library = release.join(format!(
+        "{}plugin_dynamics.{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_EXTENSION
+    ));
+    let work = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
+    let plugins = work.path().join("Plugins");
+    std::fs::create_dir_all(plugins.join("dynamics365"))
+        .unwrap_or_else(|e| fail(format!("mkdir: {e}")));
+    if let Some(name) = library.file_name() {
+        std::fs::copy(&library, plugins.join("dynamics365").join(name)).unwrap_or_else(|e| {
+            fail(format!(
+                "{}: {e} (run bash examples/bench.sh)",
+                library.display()
+            ))
+        });
+    }
+
+    // 1. Intake.
+    let engine = start_engine(&binary, &plugins, &work.path().join("intake-data"));
+    let idle_rss = rss_kib(engine.child.id());
+    let ready = engine.ready_after;
+    let bare = bare_handler().await;
+    let mut rows = Vec::new();
+    let mut loaded_rss = 0;
+    for senders in [1, 8, 64] {
+        let durable = load(&format!("{}/ERSPost", engine.events), senders).await;
+        loaded_rss = loaded_rss.max(rss_kib(engine.child.id()));
+        let plain = load(&bare, senders).await;
+        println!(
+            "intake, {senders} senders: durable {:.0}/s p50 {} ms p99 {} ms; bare {:.0}/s",
+            durable.per_second,
+            ms(durable.p50),
+            ms(durable.p99),
+            plain.per_second
+        );
+        rows.push((senders, durable, plain));
+    }
+    drop(engine);
+
+    // 2 and 3. End to end.
+    let free = end_to_end(&binary, &plugins, 1000, None).await;
+    println!(
+        "end to end, no limit: {} sessions in {:.1} s",
+        free.sessions, free.seconds
+    );
+    // Dataverse's 6,000 requests per 300 s, scaled down 10x in time: 600 per 30 s.
+    let limit = Limits {
+        requests: Some(600),
+        window_seconds: 30,
+        concurrent: Some(52),
+    };
+    let limited = end_to_end(&binary, &plugins, 900, Some(limit)).await;
+    println!(
+        "end to end, limited: {} sessions in {:.1} s, {} throttled, {} early",
+        limited.sessions, limited.seconds, limited.throttled, limited.early
+    );
+    let allowed = 600.0 * (limited.seconds / 30.0).ceil();
+    let share = limited.accepted_requests as f64 / allowed.max(1.0) * 100.0;
+
+    let machine = format!(
+        "{} cores, {} GiB, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next().and_then(|l| l
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()))
+            .map_or(0, |k| k / 1024 / 1024),
+        std::env::consts::ARCH
+    );
+    let mut doc = String::new();
+    let _ = writeln!(doc, "# Benchmarks\n");
+    let _ = writeln!(doc, "Made by `bash examples/bench.sh` on {} ({machine}), release build.\nEvery number the README states comes from this table. The run takes about five minutes.\n", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"));
+    let _ = writeln!(doc, "## 1. Intake (durable accept: committed to SQLite, WAL, synchronous=FULL, before the 200)\n");
+    let _ = writeln!(doc, "Each level runs {LEVEL_SECONDS} s on loopback; the senders run in the benchmark process on the same machine. No configuration takes the events, so each is stored with one `ignored` row.\n");
+    let _ = writeln!(doc, "| senders | durable events/s | p50 ms | p99 ms | errors | bare handler events/s | durable / bare |");
+    let _ = writeln!(doc, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (senders, d, b) in &rows {
+        let _ = writeln!(
+            doc,
+            "| {senders} | {:.0} | {} | {} | {} | {:.0} | {:.0} % |",
+            d.per_second,
+            ms(d.p50),
+            ms(d.p99),
+            d.errors,
+            b.per_second,
+            d.per_second / b.per_second.max(1.0) * 100.0
+        );
+    }
+    let _ = writeln!(doc, "\n## 2. End to end (session end on the appliance -> row in Dataverse, through the host and the cdylib)\n");
+    let _ = writeln!(doc, "| run | sessions | seconds | sessions/minute | 429 answers | requests before Retry-After |");
+    let _ = writeln!(doc, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (name, r) in [
+        ("no limit", &free),
+        ("Dataverse limit 600 requests / 30 s", &limited),
+    ] {
+        let _ = writeln!(
+            doc,
+            "| {name} | {} | {:.1} | {:.0} | {} | {} |",
+            r.sessions,
+            r.seconds,
+            r.sessions as f64 / r.seconds * 60.0,
+            r.throttled,
+            r.early
+        );
+    }
+    let _ = writeln!(doc, "\nUnder the limit: {} requests accepted of {allowed:.0} allowed in the run's windows: **{share:.0} % of the limit used**.\n", limited.accepted_requests);
+    let _ = writeln!(
+        doc,
+        "## 3. Requests per session (the no-limit run, {} sessions)\n",
+        free.sessions
+    );
+    let _ = writeln!(doc, "| remote | requests | per session |");
+    let _ = writeln!(doc, "| --- | ---: | ---: |");
+    for (name, n) in [
+        ("appliance reporting API", free.reports),
+        ("appliance OAuth tokens", free.bt_tokens),
+        ("Dataverse Web API", free.dataverse),
+        ("Entra ID tokens", free.entra_tokens),
+    ] {
+        let _ = writeln!(
+            doc,
+            "| {name} | {n} | {:.3} |",
+            n as f64 / free.sessions as f64
+        );
+    }
+    let _ = writeln!(doc, "\n## 4. Memory and start-up\n");
+    let _ = writeln!(doc, "| measure | value |");
+    let _ = writeln!(doc, "| --- | ---: |");
+    let _ = writeln!(
+        doc,
+        "| start to ready (plugin loaded, both addresses listening) | {} ms |",
+        ready.as_millis()
+    );
+    let _ = writeln!(doc, "| RSS idle | {} MiB |", idle_rss / 1024);
+    let _ = writeln!(
+        doc,
+        "| RSS under intake load (64 senders) | {} MiB |",
+        loaded_rss / 1024
+    );
+    let _ = writeln!(
+        doc,
+        "| RSS peak, end to end (1,000 sessions) | {} MiB |",
+        free.peak_rss / 1024
+    );
+    print!("\n{doc}");
+    std::fs::write("docs/benchmarks.md", &doc)
+        .unwrap_or_else(|e| fail(format!("cannot write docs/benchmarks.md: {e}")));
+    println!("written to docs/benchmarks.md");
+}

@@ -1,0 +1,296 @@
+//! The admin page in a real browser (Debian's Chromium, driven through chromedriver):
+//! what an admin does, step by step, with a screenshot of each main screen written to
+//! `target/screenshots/`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use simulators::appliance::model::SessionSpec;
+use simulators::appliance::ApplianceOptions;
+use simulators::dataverse::DataverseOptions;
+
+use crate::dynamics::Env;
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn browser(profile: &std::path::Path) -> (Driver, Client) {
+    let port = free_port();
+    let driver = Driver(
+        Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian's chromium-driver; tests/run.sh installs it)"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1280,1000", format!("--user-data-dir={}", profile.display())],
+        }),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a browser session");
+    (driver, client)
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let dir = crate::helpers::workspace_root()
+        .join("target")
+        .join("screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshots folder");
+    let png = client.screenshot().await.expect("screenshot");
+    std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+async fn find(client: &Client, css: &str) -> Element {
+    client
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+}
+
+/// Waits until `css` has `text` in it.
+async fn text_of(client: &Client, css: &str, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(el) = client.find(Locator::Css(css)).await {
+            if let Ok(t) = el.text().await {
+                if t.contains(text) {
+                    return t;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "{css} never showed {text:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn gone(client: &Client, css: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.find(Locator::Css(css)).await.is_ok() {
+        assert!(Instant::now() < deadline, "{css} is still on the page");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn type_into(client: &Client, css: &str, text: &str) {
+    let el = find(client, css).await;
+    // Bring the field into view inside the scrolling dialog first.
+    let _ = client
+        .execute(
+            "arguments[0].scrollIntoView({block: 'center'});",
+            vec![serde_json::to_value(&el).expect("element")],
+        )
+        .await;
+    el.clear()
+        .await
+        .unwrap_or_else(|e| panic!("cannot clear {css}: {e}"));
+    el.send_keys(text)
+        .await
+        .unwrap_or_else(|e| panic!("cannot type into {css}: {e}"));
+}
+
+async fn click(client: &Client, css: &str) {
+    find(client, css)
+        .await
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_manages_a_dynamics_configuration_in_the_page() {
+    let env = Env::start(ApplianceOptions::default(), DataverseOptions::default()).await;
+    let profile = tempfile::tempdir().expect("profile");
+    let (_driver, client) = browser(profile.path()).await;
+    client
+        .goto(&format!("{}/", env.host.admin))
+        .await
+        .expect("page");
+    find(&client, "[data-action=add][data-plugin=dynamics365]").await;
+    screenshot(&client, "1-home").await;
+
+    // Add, with a mistake first: the error shows next to its field.
+    click(&client, "[data-action=add][data-plugin=dynamics365]").await;
+    find(&client, "#form-dialog[open]").await;
+    let settings = env.settings(json!({}));
+    type_into(&client, "#f-name", "Browser").await;
+    for key in [
+        "bt_client_id",
+        "bt_client_secret",
+        "ca_certificate_file",
+        "dynamics_url",
+        "azure_tenant_id",
+        "azure_client_id",
+        "azure_client_secret",
+        "azure_cloud",
+    ] {
+        type_into(
+            &client,
+            &format!("#f-{key}"),
+            settings[key].as_str().expect("text"),
+        )
+        .await;
+    }
+    type_into(&client, "#f-bt_hostname", "https://appliance.example.com").await;
+    click(
+        &client,
+        "input[name=outbound_event_types][value=support_conference_end]",
+    )
+    .await;
+    click(&client, "input[name=update_all_sessions]").await;
+    click(&client, "#form-save").await;
+    let error = text_of(&client, "#err-bt_hostname", "remove the scheme").await;
+    assert_eq!(error, "remove the scheme (https://); enter only the host name, e.g. support.example.com or support.example.com:8443");
+    screenshot(&client, "2-form-errors").await;
+    type_into(
+        &client,
+        "#f-bt_hostname",
+        settings["bt_hostname"].as_str().expect("text"),
+    )
+    .await;
+    click(&client, "#form-save").await;
+    text_of(
+        &client,
+        "tr[data-config-name='Browser'] [data-status]",
+        "Running",
+    )
+    .await;
+    screenshot(&client, "3-saved").await;
+
+    // Test: each check shows.
+    click(&client, "tr[data-config-name='Browser'] [data-action=test]").await;
+    let report = text_of(&client, ".test-result", "Test passed").await;
+    assert!(
+        report.contains("Entra ID token") && report.contains("Case read permission"),
+        "{report}"
+    );
+    screenshot(&client, "4-test").await;
+
+    // Copy (disabled), rename it, enable and disable it, delete it after confirming.
+    click(&client, "tr[data-config-name='Browser'] [data-action=copy]").await;
+    text_of(
+        &client,
+        "tr[data-config-name='Browser (copy)'] [data-status]",
+        "Disabled",
+    )
+    .await;
+    click(
+        &client,
+        "tr[data-config-name='Browser (copy)'] [data-action=edit]",
+    )
+    .await;
+    type_into(&client, "#f-name", "Browser staging").await;
+    click(&client, "#form-save").await;
+    text_of(
+        &client,
+        "tr[data-config-name='Browser staging'] [data-status]",
+        "Disabled",
+    )
+    .await;
+    click(
+        &client,
+        "tr[data-config-name='Browser staging'] [data-action=enable]",
+    )
+    .await;
+    text_of(
+        &client,
+        "tr[data-config-name='Browser staging'] [data-status]",
+        "Running",
+    )
+    .await;
+    click(
+        &client,
+        "tr[data-config-name='Browser staging'] [data-action=disable]",
+    )
+    .await;
+    text_of(
+        &client,
+        "tr[data-config-name='Browser staging'] [data-status]",
+        "Disabled",
+    )
+    .await;
+    click(
+        &client,
+        "tr[data-config-name='Browser staging'] [data-action=delete]",
+    )
+    .await;
+    let question = text_of(&client, "#confirm-text", "cannot be recovered").await;
+    assert_eq!(
+        question,
+        "Delete the configuration \"Browser staging\"? It cannot be recovered after deletion."
+    );
+    screenshot(&client, "5-confirm-delete").await;
+    click(&client, "#confirm-yes").await;
+    gone(&client, "tr[data-config-name='Browser staging']").await;
+    let (_, all) = env.host.get("/api/configurations").await;
+    assert_eq!(all.as_array().map(Vec::len), Some(1));
+
+    // An event fails (no privilege), shows in the history, and is retried from there.
+    env.dataverse.revoke_privilege("prvCreatebt_session");
+    let lsid = env.end_session(SessionSpec::default());
+    env.host.wait_for_state("failed", 1).await;
+    env.dataverse.restore_privilege("prvCreatebt_session");
+    click(&client, "#open-history").await;
+    find(&client, "tr[data-event-id] [data-state=failed]").await;
+    click(&client, "[data-action=attempts]").await;
+    text_of(
+        &client,
+        ".attempts",
+        "is missing prvCreatebt_session privilege",
+    )
+    .await;
+    screenshot(&client, "6-history").await;
+    click(&client, "[data-action=retry]").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        click(&client, "#history-filters button[type=submit]").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if client
+            .find(Locator::Css("[data-state=succeeded]"))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retried event did not succeed"
+        );
+    }
+    screenshot(&client, "7-retried").await;
+    assert!(env.dataverse.row(&lsid).is_some());
+    client.close().await.expect("close");
+}
