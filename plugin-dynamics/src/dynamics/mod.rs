@@ -102,6 +102,9 @@ pub struct DynamicsClient {
     /// Replaced (dropping its token cache) when Dataverse refuses a token.
     credential: Mutex<Arc<ClientSecretCredential>>,
     api: String,
+    /// After a 429 no request goes out until its Retry-After has passed (Dataverse
+    /// lengthens the wait for clients that keep sending).
+    blocked_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl DynamicsClient {
@@ -113,6 +116,7 @@ impl DynamicsClient {
             settings,
             http,
             credential: Mutex::new(credential),
+            blocked_until: std::sync::Mutex::new(None),
         })
     }
 
@@ -193,6 +197,18 @@ impl DynamicsClient {
     ) -> Result<Answer, PluginError> {
         let mut renewed = false;
         loop {
+            let blocked = self
+                .blocked_until
+                .lock()
+                .ok()
+                .and_then(|b| *b)
+                .and_then(|until| until.checked_duration_since(std::time::Instant::now()));
+            if let Some(wait) = blocked {
+                return Err(PluginError::throttled(
+                    format!("Dataverse asked to wait before {what} (429 earlier)"),
+                    wait + Duration::from_millis(50),
+                ));
+            }
             let token = self.token().await?;
             let mut request = self
                 .http
@@ -236,7 +252,13 @@ impl DynamicsClient {
                 )));
             }
             if !(200..300).contains(&status) {
-                return Err(dataverse_error(status, &text, retry_after, what));
+                let error = dataverse_error(status, &text, retry_after, what);
+                if let (429, Some(wait)) = (status, error.retry_after) {
+                    if let Ok(mut b) = self.blocked_until.lock() {
+                        *b = Some(std::time::Instant::now() + wait);
+                    }
+                }
+                return Err(error);
             }
             return Ok(Answer {
                 status,
