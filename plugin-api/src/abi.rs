@@ -92,7 +92,51 @@ pub struct PluginModule {
     pub open: extern "C" fn(request: RStr<'_>, log: LogSinkBox) -> FfiResult<InstanceBox>,
     /// Added in 0.1.1 (plugins built before read back as `None`):
     /// JSON `ActionRequest` + log sink for progress -> JSON `TestReport`.
+    #[cfg(not(feature = "pre-actions-abi"))]
     pub run_action: extern "C" fn(request: RStr<'_>, log: LogSinkBox) -> FfiResult<RString>,
+}
+
+/// The root module as plugin-api 0.1.0 defined it. abi_stable lets a library's prefix
+/// type have more fields than the host's view, never fewer, so the host checks every
+/// library against this frozen view (plugins built before 0.1.1 pass), then reads it
+/// through [`PluginModuleRef`], whose accessors for later fields consult the
+/// library's own field count and answer `None` when it lacks them.
+#[allow(dead_code)] // its field accessors: the host reads fields through the full view
+pub mod v0_1_0 {
+    use super::{FfiResult, InstanceBox, LogSinkBox};
+    use abi_stable::library::RootModule;
+    use abi_stable::sabi_types::VersionStrings;
+    use abi_stable::std_types::{RStr, RString};
+    use abi_stable::{declare_root_module_statics, package_version_strings, StableAbi};
+
+    #[repr(C)]
+    #[derive(StableAbi)]
+    #[sabi(kind(Prefix(prefix_ref = PluginModuleRef)))]
+    #[sabi(missing_field(option))]
+    pub struct PluginModule {
+        pub manifest: extern "C" fn() -> FfiResult<RString>,
+        pub validate: extern "C" fn(settings: RStr<'_>) -> FfiResult<RString>,
+        #[sabi(last_prefix_field)]
+        pub open: extern "C" fn(request: RStr<'_>, log: LogSinkBox) -> FfiResult<InstanceBox>,
+    }
+
+    impl RootModule for PluginModuleRef {
+        declare_root_module_statics! {PluginModuleRef}
+        const BASE_NAME: &'static str = "middleware_engine_plugin";
+        const NAME: &'static str = "middleware_engine_plugin";
+        const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    }
+
+    impl PluginModuleRef {
+        /// The full view of the same library module.
+        pub fn upgrade(self) -> super::PluginModuleRef {
+            // SAFETY: the current PluginModule starts with exactly these fields (same
+            // types, same order, checked against the library at load); its later
+            // fields are only read through accessors that check the library's
+            // prefix metadata for their presence first.
+            super::PluginModuleRef(unsafe { self.0.cast() })
+        }
+    }
 }
 
 impl RootModule for PluginModuleRef {

@@ -241,6 +241,7 @@ pub fn root_module<P: Plugin>() -> Result<PluginModuleRef, RBoxError> {
         manifest: ffi_manifest::<P>,
         validate: ffi_validate::<P>,
         open: ffi_open::<P>,
+        #[cfg(not(feature = "pre-actions-abi"))]
         run_action: ffi_run_action::<P>,
     };
     Ok(module.leak_into_prefix())
@@ -276,6 +277,7 @@ extern "C" fn ffi_open<P: Plugin>(request: RStr<'_>, log: LogSinkBox) -> FfiResu
     }))
 }
 
+#[cfg(not(feature = "pre-actions-abi"))]
 extern "C" fn ffi_run_action<P: Plugin>(request: RStr<'_>, log: LogSinkBox) -> FfiResult<RString> {
     ffi(contain("run_action", || {
         let request: ActionRequest = from_json("action request", request.as_str())?;

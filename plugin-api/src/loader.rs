@@ -111,9 +111,11 @@ impl std::fmt::Debug for LoadedPlugin {
 pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
     let header =
         abi_stable::library::lib_header_from_path(path).map_err(LoadError::from_library_error)?;
+    // Checked against the 0.1.0 view, so that plugins built before later additions load.
     let module = header
-        .init_root_module::<PluginModuleRef>()
-        .map_err(LoadError::from_library_error)?;
+        .init_root_module::<crate::abi::v0_1_0::PluginModuleRef>()
+        .map_err(LoadError::from_library_error)?
+        .upgrade();
     let json = answer((module.manifest())()).map_err(|e| LoadError::BadManifest(e.message))?;
     let manifest: Manifest =
         serde_json::from_str(&json).map_err(|e| LoadError::BadManifest(e.to_string()))?;
@@ -177,7 +179,13 @@ impl LoadedPlugin {
                 }
             )));
         }
-        let Some(run) = self.module.run_action() else {
+        #[cfg(feature = "pre-actions-abi")]
+        let run: Option<
+            extern "C" fn(RStr<'_>, LogSinkBox) -> crate::abi::FfiResult<RString>,
+        > = None;
+        #[cfg(not(feature = "pre-actions-abi"))]
+        let run = self.module.run_action();
+        let Some(run) = run else {
             return Err(PluginError::configuration(format!(
                 "the plugin {} was built before actions existed; rebuild it",
                 self.manifest.id

@@ -55,7 +55,26 @@ pub fn artifacts() -> &'static Path {
         }
         let status = command.status().expect("cargo runs");
         assert!(status.success(), "building the test artifacts failed");
-        target_dir()
+        // A plugin built against plugin-api 0.1.0, from its own workspace, into the same target folder.
+        let debug = target_dir();
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "--manifest-path",
+                "tests/compat/Cargo.toml",
+                "-p",
+                "fixture-pre-actions",
+            ])
+            .env("CARGO_TARGET_DIR", debug.parent().expect("target folder"))
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the compatibility fixture failed"
+        );
+        debug
     })
 }
 

@@ -252,3 +252,34 @@ fn an_instance_that_refuses_to_open_says_why() {
         (ErrorKind::Configuration, "told to fail opening")
     );
 }
+
+#[test]
+fn a_plugin_built_before_actions_existed_still_loads_and_runs() {
+    let plugin = loader::load(&library("fixture_pre_actions")).expect("an older plugin loads");
+    assert_eq!(plugin.manifest.plugin_api_version, "0.1.0");
+    assert!(plugin.manifest.actions.is_empty());
+    let instance = plugin
+        .open("old", &Settings::default(), Arc::new(|_, _| {}))
+        .expect("opens");
+    assert_eq!(
+        instance
+            .handle_event(&event(1, "a", "ok"))
+            .expect("handles"),
+        Outcome::Done {
+            detail: "handled support_conference_end".into()
+        }
+    );
+    assert!(instance.test().expect("test").ok());
+    let err = plugin
+        .run_action(
+            "old",
+            &Settings::default(),
+            "provision",
+            Arc::new(|_, _| {}),
+        )
+        .expect_err("no actions");
+    assert_eq!(
+        err.message,
+        "the plugin pre-actions has no action \"provision\" (it offers: none)"
+    );
+}
