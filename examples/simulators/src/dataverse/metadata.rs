@@ -64,6 +64,15 @@ impl Customizations {
     }
 }
 
+/// Dataverse's answer for a table that does not exist.
+pub(crate) fn no_entity(logical: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "0x80041102",
+        format!("The entity with a name = '{logical}' with namemapping = 'Logical' was not found in the MetadataCache."),
+    )
+}
+
 fn bad(code: &str, message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, code, message)
 }
@@ -424,7 +433,7 @@ pub(crate) fn create_column(
     }
     let mut tables = lock(&state.tables);
     let Some(table) = tables.get_mut(logical) else {
-        return error(StatusCode::NOT_FOUND, "0x80041102", format!("The entity with a name = '{logical}' with namemapping = 'Logical' was not found in the MetadataCache."));
+        return no_entity(logical);
     };
     if table.meta.column(&column.logical_name).is_some() {
         return bad(
@@ -490,11 +499,11 @@ pub(crate) fn create_relationship(
         }
     }
     if referenced != "incident" && !lock(&state.tables).contains_key(referenced) {
-        return error(StatusCode::NOT_FOUND, "0x80041102", format!("The entity with a name = '{referenced}' with namemapping = 'Logical' was not found in the MetadataCache."));
+        return no_entity(referenced);
     }
     let mut tables = lock(&state.tables);
     let Some(table) = tables.get_mut(referencing) else {
-        return error(StatusCode::NOT_FOUND, "0x80041102", format!("The entity with a name = '{referencing}' with namemapping = 'Logical' was not found in the MetadataCache."));
+        return no_entity(referencing);
     };
     let logical = lookup_schema.to_lowercase();
     if table.meta.column(&logical).is_some() {
@@ -545,7 +554,7 @@ pub(crate) fn create_key(
         .collect();
     let mut tables = lock(&state.tables);
     let Some(table) = tables.get_mut(logical) else {
-        return error(StatusCode::NOT_FOUND, "0x80041102", format!("The entity with a name = '{logical}' with namemapping = 'Logical' was not found in the MetadataCache."));
+        return no_entity(logical);
     };
     if columns.is_empty()
         || columns.iter().any(|c| {

@@ -852,11 +852,7 @@ fn entity_definition(
     };
     let tables = lock(&state.tables);
     let Some(table) = tables.get(logical) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "0x80041102",
-            format!("The entity with a name = '{logical}' with namemapping = 'Logical' was not found in the MetadataCache."),
-        );
+        return super::metadata::no_entity(logical);
     };
     let expand = query.get("$expand").map(String::as_str).unwrap_or("");
     let mut body = super::control::entity_json(&table.meta);
