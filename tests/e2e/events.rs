@@ -771,3 +771,111 @@ async fn a_locked_database_gets_503_so_the_appliance_keeps_the_event() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_kill_9_during_thousands_of_events_loses_none_and_repeats_only_calls_in_flight() {
+    let plugins = plugins();
+    // A fixed event port: the senders, like appliances, keep one URL across restarts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let listen = format!("127.0.0.1:{port}");
+    let mut host = TestHost::start_with_env(&plugins, &[("MWE_EVENT_LISTEN", listen.as_str())]);
+    let (_, record) = scripted(&host, "Main", json!({})).await;
+    const TOTAL: usize = 3000;
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(vec![false; TOTAL]));
+    let url = format!("http://{listen}/ERSPost");
+    // Eight senders; each event is sent again until it gets a 200, as the appliance does.
+    let senders: Vec<_> = (0..8)
+        .map(|s| {
+            let (accepted, url) = (std::sync::Arc::clone(&accepted), url.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for i in (s..TOTAL).step_by(8) {
+                    let lsid = format!("k-{i}");
+                    let form = [
+                        ("event", END),
+                        ("version", "3"),
+                        ("timestamp", "1764231302"),
+                        ("lsid", lsid.as_str()),
+                    ];
+                    loop {
+                        let ok = client
+                            .post(&url)
+                            .form(&form)
+                            .send()
+                            .await
+                            .map(|r| r.status().as_u16() == 200)
+                            .unwrap_or(false);
+                        if ok {
+                            accepted.lock().expect("lock")[i] = true;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill the engine three times during the burst, restarting it each time.
+    for quarter in 1..=3 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while accepted
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|a| **a)
+            .count()
+            < TOTAL * quarter / 4
+        {
+            assert!(std::time::Instant::now() < deadline, "the burst stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        host.kill();
+        host = host.start_again();
+    }
+    for s in senders {
+        s.await.expect("sender");
+    }
+    // More than the history API lists at once: count through the metrics.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let done = format!("mwe_jobs{{state=\"succeeded\"}} {TOTAL}");
+    loop {
+        let text = host
+            .http
+            .get(host.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if text.lines().any(|l| l == done) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all processed: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut per_lsid = std::collections::HashMap::<String, usize>::new();
+    for call in json_lines(&record) {
+        *per_lsid
+            .entry(call["lsid"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(per_lsid.len(), TOTAL, "every accepted event was processed");
+    let repeated = per_lsid.values().filter(|n| **n > 1).count();
+    assert!(
+        repeated <= 3 * 4,
+        "{repeated} events ran twice; at most the 4 in flight at each of the 3 kills may"
+    );
+    let stored: usize = {
+        let conn = rusqlite::Connection::open(host.database_file()).expect("open");
+        conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+            .expect("count") as usize
+    };
+    assert_eq!(stored, TOTAL, "each event stored once");
+}
