@@ -31,11 +31,6 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("the {what} server failed: {source}")]
-    Serve {
-        what: &'static str,
-        source: std::io::Error,
-    },
 }
 
 /// Runs the engine until Ctrl-C or SIGTERM.
@@ -105,8 +100,7 @@ pub async fn run(settings: HostSettings) -> Result<(), StartError> {
         }),
         &settings,
     );
-    let event_router = crate::intake::router(Arc::clone(&intake))
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let event_router = crate::intake::router(Arc::clone(&intake));
 
     // On Ctrl-C or SIGTERM: refuse new events (503, the appliance keeps them), let
     // plugin calls in flight finish within the grace period, then close the servers.
@@ -126,19 +120,11 @@ pub async fn run(settings: HostSettings) -> Result<(), StartError> {
     let closed = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|closed| *closed).await;
     };
-    let admin_server =
-        axum::serve(admin, admin_router).with_graceful_shutdown(closed(closed_rx.clone()));
-    let event_server = axum::serve(events, event_router).with_graceful_shutdown(closed(closed_rx));
-    let (admin_result, event_result) = tokio::join!(admin_server, event_server);
+    tokio::join!(
+        crate::serve::serve(admin, admin_router, closed(closed_rx.clone())),
+        crate::serve::serve(events, event_router, closed(closed_rx)),
+    );
     stopper.abort();
-    admin_result.map_err(|source| StartError::Serve {
-        what: "admin",
-        source,
-    })?;
-    event_result.map_err(|source| StartError::Serve {
-        what: "event",
-        source,
-    })?;
     tracing::info!("stopped");
     Ok(())
 }

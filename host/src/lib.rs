@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod plugins;
 pub mod secrets;
+pub mod serve;
 pub mod settings;
 pub mod store;
 /// Resolves on Ctrl-C or SIGTERM (how a service manager stops the engine).

@@ -125,3 +125,28 @@ async fn the_page_is_served_with_a_strict_policy() {
     let (status, body) = host.get("/healthz").await;
     assert_eq!((status, body), (200, serde_json::json!("ok")));
 }
+
+#[tokio::test]
+async fn a_sender_too_slow_with_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = TestHost::start(&PluginsDir::new());
+    for base in [host.events.clone(), host.admin.clone()] {
+        let addr = base.trim_start_matches("http://").to_owned();
+        let mut slow = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        slow.write_all(b"POST /ERSPost HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .expect("write");
+        // The headers never end; the engine closes the connection after its header timeout (10 s).
+        let mut buf = [0u8; 256];
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(30), slow.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(_)) | Ok(Err(_))),
+            "{addr}: still open after 30 s"
+        );
+    }
+    let (status, _) = host.get("/healthz").await;
+    assert_eq!(status, 200, "other clients are served meanwhile");
+}
