@@ -476,15 +476,7 @@ async fn metrics_count_events_by_outcome_and_the_queue_by_state() {
         .await;
     host.post_event(None, &[("event", END)]).await;
     host.wait_for_state("succeeded", 1).await;
-    let text = host
-        .http
-        .get(host.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = host.metrics().await;
     for line in [
         "mwe_events_received_total{outcome=\"stored\"} 1",
         "mwe_events_received_total{outcome=\"duplicate\"} 1",
@@ -718,15 +710,7 @@ async fn the_polling_cursor_advances_and_survives_a_restart() {
         vec!["p1", "p2", "p3"],
         "each polled event once, in order"
     );
-    let text = host
-        .http
-        .get(host.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = host.metrics().await;
     assert!(text.contains("mwe_polls_total{result=\"ok\"} 1"), "{text}");
 }
 
@@ -757,15 +741,7 @@ async fn a_locked_database_gets_503_so_the_appliance_keeps_the_event() {
         1,
         "nothing half-written from the refused attempt"
     );
-    let text = host
-        .http
-        .get(host.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = host.metrics().await;
     assert!(
         text.contains("mwe_events_received_total{outcome=\"unavailable\"} 1"),
         "{text}"
@@ -842,15 +818,7 @@ async fn repeated_kill_9_during_thousands_of_events_loses_none_and_repeats_only_
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let done = format!("mwe_jobs{{state=\"succeeded\"}} {TOTAL}");
     loop {
-        let text = host
-            .http
-            .get(host.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = host.metrics().await;
         if text.lines().any(|l| l == done) {
             break;
         }

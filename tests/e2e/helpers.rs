@@ -340,6 +340,18 @@ impl TestHost {
         answer(self.http.delete(self.url(path)).send().await).await
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Posts an outbound event the way the appliance does.
     pub async fn post_event(
         &self,

@@ -178,18 +178,16 @@ impl Appliance {
 
     /// Regenerates the client secret: every token of the client becomes invalid.
     pub fn rotate_secret(&self, secret: &str) {
-        if let Some(c) = lock(&self.state.clients).get_mut(&self.client_id) {
+        self.state.with_client(|c| {
             c.secret = secret.to_owned();
             c.tokens.clear();
-        }
+        });
     }
 
     /// Invalidates every token of the client, its secret unchanged (as when other
     /// programs using the same API account push its tokens past the 30 kept).
     pub fn revoke_tokens(&self) {
-        if let Some(c) = lock(&self.state.clients).get_mut(&self.client_id) {
-            c.tokens.clear();
-        }
+        self.state.with_client(|c| c.tokens.clear());
     }
 
     pub fn set_token_lifetime(&self, lifetime: Duration) {
@@ -197,9 +195,7 @@ impl Appliance {
     }
 
     pub fn set_reporting_allowed(&self, allowed: bool) {
-        if let Some(c) = lock(&self.state.clients).get_mut(&self.client_id) {
-            c.reporting_allowed = allowed;
-        }
+        self.state.with_client(|c| c.reporting_allowed = allowed);
     }
 
     pub fn set_old_namespace(&self, old: bool) {
@@ -234,6 +230,13 @@ impl Appliance {
 }
 
 impl State {
+    /// Changes the configured API account (the one the simulator serves).
+    pub(crate) fn with_client(&self, f: impl FnOnce(&mut Client)) {
+        if let Some(c) = lock(&self.clients).get_mut(&self.options.client_id) {
+            f(c);
+        }
+    }
+
     pub(crate) fn namespace(&self) -> &'static str {
         if *lock(&self.old_namespace) {
             report::OLD_NAMESPACE

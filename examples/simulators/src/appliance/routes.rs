@@ -419,10 +419,10 @@ struct Secret {
 }
 
 async fn rotate_secret(AxState(state): AxState<Arc<State>>, Json(s): Json<Secret>) -> Json<Value> {
-    if let Some(c) = lock(&state.clients).get_mut(&state.options.client_id) {
+    state.with_client(|c| {
         c.secret = s.secret;
         c.tokens.clear();
-    }
+    });
     Json(json!({ "ok": true }))
 }
 
@@ -448,9 +448,7 @@ async fn reporting_permission(
     AxState(state): AxState<Arc<State>>,
     Json(a): Json<Allowed>,
 ) -> Json<Value> {
-    if let Some(c) = lock(&state.clients).get_mut(&state.options.client_id) {
-        c.reporting_allowed = a.allowed;
-    }
+    state.with_client(|c| c.reporting_allowed = a.allowed);
     Json(json!({ "ok": true }))
 }
 

@@ -223,6 +223,19 @@ pub(crate) fn create_solution(state: &State, url: &str, body: &Value) -> Respons
     created(url, format!("solutions({id})"))
 }
 
+/// What every creating call checks first: the privilege, then the solution named in
+/// `MSCRM.SolutionUniqueName`; gives its publisher's prefix and the solution's name.
+fn begin(
+    state: &State,
+    headers: &HeaderMap,
+    privilege: &str,
+) -> Result<(String, String), Response> {
+    if let Some(r) = missing_privilege(state, privilege) {
+        return Err(r);
+    }
+    prefix_for(state, headers)
+}
+
 /// The prefix of the publisher of the solution named in the request (or the default's).
 fn prefix_for(state: &State, headers: &HeaderMap) -> Result<(String, String), Response> {
     let c = lock(&state.customizations);
@@ -330,10 +343,7 @@ pub(crate) fn create_table(
     headers: &HeaderMap,
     body: &Value,
 ) -> Response {
-    if let Some(r) = missing_privilege(state, "prvCreateEntity") {
-        return r;
-    }
-    let (prefix, solution) = match prefix_for(state, headers) {
+    let (prefix, solution) = match begin(state, headers, "prvCreateEntity") {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -417,10 +427,7 @@ pub(crate) fn create_column(
     logical: &str,
     body: &Value,
 ) -> Response {
-    if let Some(r) = missing_privilege(state, "prvCreateAttribute") {
-        return r;
-    }
-    let (prefix, solution) = match prefix_for(state, headers) {
+    let (prefix, solution) = match begin(state, headers, "prvCreateAttribute") {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -463,10 +470,7 @@ pub(crate) fn create_relationship(
     headers: &HeaderMap,
     body: &Value,
 ) -> Response {
-    if let Some(r) = missing_privilege(state, "prvCreateRelationship") {
-        return r;
-    }
-    let (prefix, solution) = match prefix_for(state, headers) {
+    let (prefix, solution) = match begin(state, headers, "prvCreateRelationship") {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -533,10 +537,7 @@ pub(crate) fn create_key(
     logical: &str,
     body: &Value,
 ) -> Response {
-    if let Some(r) = missing_privilege(state, "prvCreateEntityKey") {
-        return r;
-    }
-    let (prefix, solution) = match prefix_for(state, headers) {
+    let (prefix, solution) = match begin(state, headers, "prvCreateEntityKey") {
         Ok(p) => p,
         Err(r) => return r,
     };
