@@ -75,6 +75,30 @@ pub async fn run(settings: HostSettings) -> Result<(), StartError> {
         Box::new(move || waker.wake()),
     ));
 
+    let open_files = crate::serve::raise_open_files_limit();
+    let (event_connections, admin_connections) = crate::serve::fit_connections(
+        settings.event_max_connections,
+        settings.admin_max_connections,
+        open_files,
+    );
+    if (event_connections, admin_connections)
+        != (
+            settings.event_max_connections,
+            settings.admin_max_connections,
+        )
+    {
+        tracing::warn!(
+            open_files = ?open_files,
+            event_connections, admin_connections,
+            "the open files limit is low: connection limits lowered to fit (raise LimitNOFILE)"
+        );
+    }
+    let limits = |max_connections| crate::serve::Limits {
+        max_connections,
+        header_timeout: settings.client_header_timeout,
+        body_timeout: settings.client_body_timeout,
+    };
+
     let admin = bind("admin page", settings.admin_listen).await?;
     let events = bind("event address", settings.event_listen).await?;
     let admin_addr = admin.local_addr().unwrap_or(settings.admin_listen);
@@ -99,8 +123,9 @@ pub async fn run(settings: HostSettings) -> Result<(), StartError> {
             metrics,
         }),
         &settings,
+        admin_addr,
     );
-    let event_router = crate::intake::router(Arc::clone(&intake));
+    let event_router = crate::intake::router(Arc::clone(&intake), settings.client_body_timeout);
 
     // On Ctrl-C or SIGTERM: refuse new events (503, the appliance keeps them), let
     // plugin calls in flight finish within the grace period, then close the servers.
@@ -121,8 +146,18 @@ pub async fn run(settings: HostSettings) -> Result<(), StartError> {
         let _ = rx.wait_for(|closed| *closed).await;
     };
     tokio::join!(
-        crate::serve::serve(admin, admin_router, closed(closed_rx.clone())),
-        crate::serve::serve(events, event_router, closed(closed_rx)),
+        crate::serve::serve(
+            admin,
+            admin_router,
+            limits(admin_connections),
+            closed(closed_rx.clone())
+        ),
+        crate::serve::serve(
+            events,
+            event_router,
+            limits(event_connections),
+            closed(closed_rx)
+        ),
     );
     stopper.abort();
     tracing::info!("stopped");

@@ -123,6 +123,39 @@ pub struct SettingsArgs {
         value_name = "SECONDS"
     )]
     pub shutdown_grace: Option<u64>,
+    /// Connections the event address keeps open at once; more wait [default: 1024]
+    #[arg(
+        long,
+        global = true,
+        env = "MWE_EVENT_MAX_CONNECTIONS",
+        value_name = "N"
+    )]
+    pub event_max_connections: Option<usize>,
+    /// Connections the admin address keeps open at once; more wait [default: 128]
+    #[arg(
+        long,
+        global = true,
+        env = "MWE_ADMIN_MAX_CONNECTIONS",
+        value_name = "N"
+    )]
+    pub admin_max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers, from the connection's start
+    /// or the previous answer; a silent or idle connection is closed then [default: 10]
+    #[arg(
+        long,
+        global = true,
+        env = "MWE_CLIENT_HEADER_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    pub client_header_timeout: Option<u64>,
+    /// Seconds a client has to send a request's whole body (408 past it) [default: 30]
+    #[arg(
+        long,
+        global = true,
+        env = "MWE_CLIENT_BODY_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    pub client_body_timeout: Option<u64>,
 }
 
 /// The settings file, every key optional.
@@ -145,6 +178,10 @@ struct FileSettings {
     retry_backoff_max_ms: Option<u64>,
     retention_days: Option<u32>,
     shutdown_grace: Option<u64>,
+    event_max_connections: Option<usize>,
+    admin_max_connections: Option<usize>,
+    client_header_timeout: Option<u64>,
+    client_body_timeout: Option<u64>,
 }
 
 /// A secret host setting: compared, never printed.
@@ -186,6 +223,10 @@ pub struct HostSettings {
     pub retry_backoff_max: Duration,
     pub retention: Duration,
     pub shutdown_grace: Duration,
+    pub event_max_connections: usize,
+    pub admin_max_connections: usize,
+    pub client_header_timeout: Duration,
+    pub client_body_timeout: Duration,
 }
 
 /// An address or a network in CIDR form (`10.0.0.0/8`, `::1`).
@@ -369,6 +410,24 @@ impl HostSettings {
             shutdown_grace: Duration::from_secs(
                 args.shutdown_grace.or(file.shutdown_grace).unwrap_or(30),
             ),
+            event_max_connections: args
+                .event_max_connections
+                .or(file.event_max_connections)
+                .unwrap_or(1024),
+            admin_max_connections: args
+                .admin_max_connections
+                .or(file.admin_max_connections)
+                .unwrap_or(128),
+            client_header_timeout: Duration::from_secs(
+                args.client_header_timeout
+                    .or(file.client_header_timeout)
+                    .unwrap_or(10),
+            ),
+            client_body_timeout: Duration::from_secs(
+                args.client_body_timeout
+                    .or(file.client_body_timeout)
+                    .unwrap_or(30),
+            ),
         };
         settings.check()?;
         Ok(settings)
@@ -386,10 +445,52 @@ impl HostSettings {
             ));
         }
         if let Some(token) = &self.admin_token {
-            if token.expose().len() < 16 {
+            if token.expose().chars().count() < 16 {
                 return Err(SettingsError::Invalid(
                     "admin_token must be at least 16 characters".into(),
                 ));
+            }
+            // A header value loses its outer spaces in transit, and a token of
+            // spaces is no secret: printable characters only.
+            if token
+                .expose()
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(SettingsError::Invalid(
+                    "admin_token must not contain spaces or control characters".into(),
+                ));
+            }
+        }
+        if let Some(token) = &self.event_token {
+            if token
+                .expose()
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(SettingsError::Invalid(
+                    "event_token must not contain spaces or control characters".into(),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("event_max_connections", self.event_max_connections),
+            ("admin_max_connections", self.admin_max_connections),
+        ] {
+            if !(1..=1_000_000).contains(&value) {
+                return Err(SettingsError::Invalid(format!(
+                    "{key} must be between 1 and 1000000"
+                )));
+            }
+        }
+        for (key, value) in [
+            ("client_header_timeout", self.client_header_timeout),
+            ("client_body_timeout", self.client_body_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(SettingsError::Invalid(format!(
+                    "{key} must be at least 1 second"
+                )));
             }
         }
         if self.retry_backoff_min.is_zero() || self.retry_backoff_min > self.retry_backoff_max {
@@ -477,6 +578,16 @@ mod tests {
         assert!(
             err.to_string().contains("unknown field `plugin_dir`"),
             "{err}"
+        );
+
+        let args = SettingsArgs {
+            admin_token: Some(" ".repeat(16)),
+            ..SettingsArgs::default()
+        };
+        let err = HostSettings::resolve(&args).expect_err("a token of spaces");
+        assert_eq!(
+            err.to_string(),
+            "admin_token must not contain spaces or control characters"
         );
 
         let args = SettingsArgs {

@@ -34,11 +34,15 @@ async fn a_cross_site_write_is_refused() {
             .await,
     )
     .await;
+    assert_eq!(status, 403, "{body}");
     assert_eq!(
-        (status, body["error"].as_str()),
-        (
-            403,
-            Some("cross-site request refused (Origin \"https://attacker.example\")")
+        body["error"].as_str(),
+        Some(
+            format!(
+                "cross-site request refused (Origin \"https://attacker.example\"): only the admin page at {} may change state",
+                host.admin.replace("127.0.0.1", "localhost")
+            )
+            .as_str()
         )
     );
 }

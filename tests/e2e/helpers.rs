@@ -136,6 +136,9 @@ pub fn run_host(args: &[&str]) -> Output {
         .expect("host runs")
 }
 
+/// Where a wrapper command is kept among a test host's environment entries.
+const WRAPPER: &str = "test host wrapper";
+
 /// A running `middleware-engine serve`, on random loopback ports, with its own data
 /// folder. Killed when dropped.
 pub struct TestHost {
@@ -173,6 +176,21 @@ impl TestHost {
         )
     }
 
+    /// Starts the host through a wrapper command (e.g. `prlimit --nofile=200:4096 --`)
+    /// with extra `MWE_*` environment variables.
+    pub fn start_wrapped(plugins: &PluginsDir, wrapper: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        env.push((WRAPPER.to_owned(), wrapper.join("\u{1f}")));
+        Self::start_with(
+            plugins.path(),
+            std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+            env,
+        )
+    }
+
     fn start_with(
         plugins_dir: &Path,
         data: std::sync::Arc<tempfile::TempDir>,
@@ -187,7 +205,21 @@ impl TestHost {
                 .unwrap_or(0)
         ));
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(host_binary())
+        // A wrapper command, kept among the environment so a restart uses it again.
+        let wrapper: Vec<String> = extra_env
+            .iter()
+            .find(|(k, _)| k == WRAPPER)
+            .map(|(_, v)| v.split('\u{1f}').map(str::to_owned).collect())
+            .unwrap_or_default();
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(host_binary());
+                command
+            }
+            None => Command::new(host_binary()),
+        };
+        let mut child = command
             .args([
                 "serve",
                 "--admin-listen",
@@ -214,7 +246,12 @@ impl TestHost {
             .arg("--data-dir")
             .arg(data.path().join("data"))
             .env_remove("MWE_CONFIG")
-            .envs(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                extra_env
+                    .iter()
+                    .filter(|(k, _)| k != WRAPPER)
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .stdout(std::process::Stdio::piped())
             .stderr(log_file)
             .spawn()

@@ -6,4 +6,5 @@ mod browser;
 mod dynamics;
 mod events;
 mod helpers;
+mod hostile;
 mod plugin_loading;

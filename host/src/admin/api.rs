@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{extract::State, Json};
@@ -35,6 +36,40 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// A path parameter whose rejection (`/api/configurations/abc`) is answered as an
+/// [`ApiError`], in JSON like every other answer.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    Path<T>: FromRequestParts<S, Rejection = axum::extract::rejection::PathRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(value) = Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// A query string whose rejection (a repeated or malformed field) is answered as an
+/// [`ApiError`].
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    Query<T>: FromRequestParts<S, Rejection = axum::extract::rejection::QueryRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
         Ok(Self(value))
     }
 }
@@ -150,7 +185,7 @@ pub async fn list_configurations(
 
 pub async fn get_configuration(
     State(app): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<ConfigurationView>, ApiError> {
     let config = app.configurations.get(id).await?;
     Ok(Json(view(&app.configurations, config).await))
@@ -167,7 +202,7 @@ pub async fn create_configuration(
 
 pub async fn update_configuration(
     State(app): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(input): ApiJson<ConfigurationInput>,
 ) -> Result<Json<ConfigurationView>, ApiError> {
     let config = app.configurations.update(id, input).await?;
@@ -177,7 +212,7 @@ pub async fn update_configuration(
 
 pub async fn delete_configuration(
     State(app): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
     app.configurations.delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -185,7 +220,7 @@ pub async fn delete_configuration(
 
 pub async fn copy_configuration(
     State(app): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Response, ApiError> {
     let config = app.configurations.copy(id).await?;
     Ok(created(view(&app.configurations, config).await))
@@ -193,7 +228,7 @@ pub async fn copy_configuration(
 
 pub async fn enable_configuration(
     State(app): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<ConfigurationView>, ApiError> {
     let config = app.configurations.set_disabled(id, false).await?;
     Ok(Json(view(&app.configurations, config).await))
@@ -201,7 +236,7 @@ pub async fn enable_configuration(
 
 pub async fn disable_configuration(
     State(app): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<ConfigurationView>, ApiError> {
     let config = app.configurations.set_disabled(id, true).await?;
     Ok(Json(view(&app.configurations, config).await))
@@ -209,7 +244,7 @@ pub async fn disable_configuration(
 
 pub async fn test_configuration(
     State(app): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     let report = app.configurations.test(id).await?;
     Ok(Json(json!({ "ok": report.ok(), "checks": report.checks })))
@@ -218,7 +253,7 @@ pub async fn test_configuration(
 /// `GET /api/configurations/{id}/actions`: what the configuration's plugin offers.
 pub async fn list_actions(
     State(app): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(app.configurations.actions(id).await?)))
 }
@@ -227,7 +262,7 @@ pub async fn list_actions(
 /// the progress lines the plugin wrote while it ran.
 pub async fn run_action(
     State(app): State<AppState>,
-    Path((id, action)): Path<(i64, String)>,
+    ApiPath((id, action)): ApiPath<(i64, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let sink = std::sync::Arc::clone(&progress);

@@ -1,12 +1,13 @@
 //! The admin API's one error type, and the one place it becomes an HTTP answer.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
 use crate::configurations::{ConfigError, FieldErrors};
+use crate::serve::BodyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -24,6 +25,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("send the body as JSON, with Content-Type: application/json")]
     UnsupportedMediaType,
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("the configuration is not valid")]
     Validation(FieldErrors),
     #[error("{0}")]
@@ -40,6 +43,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -96,5 +100,35 @@ impl From<JsonRejection> for ApiError {
             }
             other => Self::BadRequest(other.body_text()),
         }
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge(limit) => Self::PayloadTooLarge(limit),
+            BodyError::TimedOut(_) => Self::RequestTimeout(e.to_string()),
+            BodyError::Broken(_) => Self::BadRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        match rejection {
+            PathRejection::FailedToDeserializePathParams(e) => {
+                Self::BadRequest(format!("the path is not valid: {}", e.body_text()))
+            }
+            other => Self::Internal(other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::BadRequest(format!(
+            "the query string is not valid: {}",
+            rejection.body_text()
+        ))
     }
 }

@@ -1,14 +1,14 @@
 //! The event history: list with filters, one event with every attempt, retry now;
 //! and `/metrics`.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::api::AppState;
+use super::api::{ApiPath, ApiQuery, AppState};
 use super::error::ApiError;
 use crate::store::events::{self, Filter, JobView, STATES};
 use crate::store::{now_ms, StoreError};
@@ -67,7 +67,7 @@ fn store_error(e: StoreError, id: i64) -> ApiError {
 
 pub async fn list_events(
     State(app): State<AppState>,
-    Query(q): Query<EventQuery>,
+    ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let configuration_id = match q.configuration.as_deref().filter(|c| !c.is_empty()) {
         None => None,
@@ -117,7 +117,7 @@ pub async fn list_events(
 
 pub async fn get_event(
     State(app): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     let (job, attempts, fields) = app
         .store
@@ -148,21 +148,29 @@ pub async fn get_event(
 
 pub async fn retry_event(
     State(app): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Value>, ApiError> {
     let retried = app
         .store
         .call(move |conn| events::retry(conn, id, now_ms()))
         .await
         .map_err(|e| store_error(e, id))?;
-    if let Err(state) = retried {
-        return Err(ApiError::Conflict(format!(
-            "only a failed event can be retried; this one is {state}"
-        )));
+    match retried {
+        Ok(()) => {}
+        Err(events::NotRetried::NotFailed(state)) => {
+            return Err(ApiError::Conflict(format!(
+                "only a failed event can be retried; this one is {state}"
+            )))
+        }
+        Err(events::NotRetried::NoConfiguration) => {
+            return Err(ApiError::Conflict(
+                "this event's configuration was deleted; it cannot run again".into(),
+            ))
+        }
     }
     tracing::info!(job = id, "event queued again by an admin");
     app.engine.wake();
-    get_event(State(app), Path(id)).await
+    get_event(State(app), ApiPath(id)).await
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {

@@ -15,27 +15,91 @@ use crate::settings::SecretString;
 /// What the guard checks requests against.
 pub struct Guard {
     hostnames: Vec<String>,
+    /// The origins of the admin page itself (`http://localhost:53231`, ...): scheme,
+    /// host and port, as a browser sends them in `Origin`.
+    origins: Vec<String>,
     token: Option<SecretString>,
 }
 
 impl Guard {
+    /// `bound` is the address the admin page listens on (its real port, also when
+    /// port 0 was asked); `scheme` how it is served.
     pub fn new(
-        listen: SocketAddr,
+        bound: SocketAddr,
+        scheme: &str,
         extra_hostnames: &[String],
         token: Option<SecretString>,
     ) -> Self {
         let mut hostnames: Vec<String> =
             ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
-        if !listen.ip().is_unspecified() {
-            hostnames.push(listen.ip().to_string());
+        if !bound.ip().is_unspecified() {
+            hostnames.push(bound.ip().to_string());
         }
         hostnames.extend(extra_hostnames.iter().cloned());
-        Self { hostnames, token }
+        let default_port = match scheme {
+            "https" => 443,
+            _ => 80,
+        };
+        let mut origins = Vec::new();
+        for host in &hostnames {
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            origins.push(format!("{scheme}://{host}:{}", bound.port()));
+            if bound.port() == default_port {
+                origins.push(format!("{scheme}://{host}"));
+            }
+        }
+        Self {
+            hostnames,
+            origins,
+            token,
+        }
     }
 
     fn host_allowed(&self, host_port: &str) -> bool {
         let host = strip_port(host_port).to_ascii_lowercase();
         self.hostnames.contains(&host)
+    }
+
+    fn token_given(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(given.as_bytes(), token.expose().as_bytes())
+    }
+
+    /// A request that changes state must come from the admin page itself (its
+    /// `Origin` is exactly this address: scheme, host and port), or carry the admin
+    /// token, or come from a client that is no browser (no `Origin` and no
+    /// `Sec-Fetch-*` headers, as curl and scripts send). A body-less POST needs no
+    /// CORS preflight, so without this any page on another port of the machine could
+    /// disable or delete a configuration.
+    fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match headers.get(header::ORIGIN) {
+            Some(origin) => {
+                let origin = origin.to_str().unwrap_or("").to_ascii_lowercase();
+                if self.origins.contains(&origin) {
+                    return Ok(());
+                }
+                Err(ApiError::Forbidden(format!(
+                    "cross-site request refused (Origin {origin:?}): only the admin page at {} may change state",
+                    self.origins.first().map_or("", String::as_str)
+                )))
+            }
+            None if self.token_given(headers) => Ok(()),
+            None if headers.contains_key("sec-fetch-site") => Err(ApiError::Forbidden(
+                "a browser request that changes state must carry Origin; use the admin page, or send the admin token".into(),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -50,18 +114,7 @@ impl Guard {
         }
         let changes_state = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
         if changes_state {
-            if let Some(origin) = headers.get(header::ORIGIN) {
-                let origin = origin.to_str().unwrap_or("");
-                let origin_host = origin
-                    .strip_prefix("http://")
-                    .or_else(|| origin.strip_prefix("https://"))
-                    .unwrap_or("");
-                if origin_host.is_empty() || !self.host_allowed(origin_host) {
-                    return Err(ApiError::Forbidden(format!(
-                        "cross-site request refused (Origin {origin:?})"
-                    )));
-                }
-            }
+            self.check_origin(headers)?;
             let has_body = headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
@@ -79,17 +132,11 @@ impl Guard {
                 return Err(ApiError::UnsupportedMediaType);
             }
         }
-        if let Some(token) = &self.token {
-            if path.starts_with("/api/") || path == "/metrics" {
-                let given = headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or("");
-                if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
-                    return Err(ApiError::Unauthorized);
-                }
-            }
+        if self.token.is_some()
+            && (path.starts_with("/api/") || path == "/metrics")
+            && !self.token_given(headers)
+        {
+            return Err(ApiError::Unauthorized);
         }
         Ok(())
     }
@@ -136,6 +183,7 @@ mod tests {
     fn guard(token: Option<&str>) -> Guard {
         Guard::new(
             "127.0.0.1:53231".parse().expect("addr"),
+            "http",
             &["engine.corp.example".to_owned()],
             token.map(|t| SecretString::new(t.to_owned())),
         )
@@ -221,5 +269,93 @@ mod tests {
             (header::AUTHORIZATION, "Bearer 0123456789abcdef"),
         ]);
         assert!(g.check(&Method::GET, "/api/plugins", &right).is_ok());
+    }
+
+    #[test]
+    fn the_origin_must_be_this_address_with_its_scheme_and_port() {
+        let g = guard(None);
+        let with_origin =
+            |origin: &str| headers(&[(header::HOST, "localhost:53231"), (header::ORIGIN, origin)]);
+        for ok in [
+            "http://localhost:53231",
+            "http://127.0.0.1:53231",
+            "http://[::1]:53231",
+            "http://ENGINE.corp.example:53231",
+        ] {
+            assert!(
+                g.check(
+                    &Method::POST,
+                    "/api/configurations/1/disable",
+                    &with_origin(ok)
+                )
+                .is_ok(),
+                "{ok}"
+            );
+        }
+        for refused in [
+            "http://localhost:9999",
+            "https://127.0.0.1:1",
+            "https://localhost:53231",
+            "http://localhost",
+            "null",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    g.check(
+                        &Method::POST,
+                        "/api/configurations/1/copy",
+                        &with_origin(refused)
+                    ),
+                    Err(ApiError::Forbidden(_))
+                ),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_origin_only_the_token_or_a_client_that_is_no_browser_may_change_state() {
+        let browser = headers(&[
+            (header::HOST, "localhost:53231"),
+            (
+                header::HeaderName::from_static("sec-fetch-site"),
+                "cross-site",
+            ),
+        ]);
+        assert!(matches!(
+            guard(None).check(&Method::POST, "/api/configurations/1/disable", &browser),
+            Err(ApiError::Forbidden(_))
+        ));
+        let curl = headers(&[(header::HOST, "localhost:53231")]);
+        assert!(guard(None)
+            .check(&Method::POST, "/api/configurations/1/disable", &curl)
+            .is_ok());
+        let token = "0123456789abcdef";
+        let browser_with_token = headers(&[
+            (header::HOST, "localhost:53231"),
+            (
+                header::HeaderName::from_static("sec-fetch-site"),
+                "same-site",
+            ),
+            (header::AUTHORIZATION, "Bearer 0123456789abcdef"),
+        ]);
+        assert!(guard(Some(token))
+            .check(
+                &Method::POST,
+                "/api/configurations/1/disable",
+                &browser_with_token
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn a_page_on_the_default_port_may_omit_it() {
+        let g = Guard::new("0.0.0.0:443".parse().expect("addr"), "https", &[], None);
+        let h = headers(&[
+            (header::HOST, "localhost"),
+            (header::ORIGIN, "https://localhost"),
+        ]);
+        assert!(g.check(&Method::POST, "/api/configurations", &h).is_ok());
     }
 }

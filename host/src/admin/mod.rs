@@ -6,9 +6,14 @@ mod events_api;
 mod guard;
 mod page;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -20,12 +25,15 @@ pub use guard::constant_time_eq;
 /// Largest request body the admin API takes.
 pub const BODY_LIMIT: usize = 256 * 1024;
 
-pub fn router(state: Arc<AdminState>, settings: &HostSettings) -> Router {
+/// The admin router; `bound` is the address the admin page listens on.
+pub fn router(state: Arc<AdminState>, settings: &HostSettings, bound: SocketAddr) -> Router {
     let guard = Arc::new(guard::Guard::new(
-        settings.admin_listen,
+        bound,
+        "http",
         &settings.admin_hostnames,
         settings.admin_token.clone(),
     ));
+    let body_timeout = settings.client_body_timeout;
     let api = Router::new()
         .route("/plugins", get(api::list_plugins))
         .route(
@@ -65,5 +73,29 @@ pub fn router(state: Arc<AdminState>, settings: &HostSettings) -> Router {
         .route("/metrics", get(events_api::metrics).with_state(state))
         .fallback(|| async { ApiError::NotFound("not found".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            body_timeout,
+            read_whole_body,
+        ))
         .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
+}
+
+/// After the guard: the body is read whole, within the size limit and the body
+/// timeout, before any handler runs.
+async fn read_whole_body(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match crate::serve::read_body(request, BODY_LIMIT, timeout).await {
+        Ok(request) => next.run(request).await,
+        Err(e) => {
+            // What is left of the body is not read: the connection cannot be reused.
+            let mut response = ApiError::from(e).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
 }

@@ -209,22 +209,22 @@ impl Configurations {
     }
 
     pub async fn delete(&self, id: i64) -> Result<(), ConfigError> {
-        match self.store.delete_configuration(id).await {
-            Err(StoreError::NotFound) => return Err(ConfigError::NotFound(id)),
-            other => other?,
-        }
-        self.live.remove(id).await;
         let failed = self
             .store
             .call(move |conn| {
-                crate::store::events::fail_waiting(
+                crate::store::events::delete_configuration(
                     conn,
                     id,
                     "the configuration was deleted",
                     crate::store::now_ms(),
                 )
             })
-            .await?;
+            .await;
+        let failed = match failed {
+            Err(StoreError::NotFound) => return Err(ConfigError::NotFound(id)),
+            other => other?,
+        };
+        self.live.remove(id).await;
         tracing::info!(
             configuration_id = id,
             waiting_events_failed = failed,

@@ -25,6 +25,10 @@ use retry::Backoff;
 const DUE_BATCH: usize = 256;
 /// The dispatcher looks again at least this often, whatever wakes it.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// How often finished history past the retention is removed.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// The pause between two prune steps, which leaves the database to intake.
+const PRUNE_PAUSE: Duration = Duration::from_millis(20);
 
 pub struct Engine {
     store: Store,
@@ -300,19 +304,39 @@ impl Engine {
         self.wake.notify_one();
     }
 
+    /// Removes finished history past the retention, in small steps with a pause
+    /// between them, so that intake and the dispatcher (which share the database)
+    /// wait at most one step, however long the history.
     async fn prune_loop(self: Arc<Self>) {
         loop {
             let before = now_ms() - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
-            match self
-                .store
-                .call(move |conn| events::prune(conn, before))
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(jobs = n, "pruned finished events past the retention"),
-                Err(e) => tracing::error!("pruning failed: {e}"),
+            let mut pruned = 0;
+            loop {
+                if self.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let step = self
+                    .store
+                    .call(move |conn| events::prune_step(conn, before, events::PRUNE_BATCH))
+                    .await;
+                match step {
+                    Ok(n) => {
+                        pruned += n;
+                        if n < events::PRUNE_BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("pruning failed: {e}");
+                        break;
+                    }
+                }
+                tokio::time::sleep(PRUNE_PAUSE).await;
             }
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            if pruned > 0 {
+                tracing::info!(jobs = pruned, "pruned finished events past the retention");
+            }
+            tokio::time::sleep(PRUNE_EVERY).await;
         }
     }
 }

@@ -45,11 +45,18 @@ pub fn parse(appliance: Option<&str>, body: &[u8]) -> Result<IncomingEvent, Stri
         return Err("the body is not UTF-8 text".into());
     }
     let mut fields = BTreeMap::new();
-    for (key, value) in form_urlencoded::parse(body) {
+    for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
         if fields.len() >= MAX_FIELDS {
             return Err(format!("more than {MAX_FIELDS} form fields"));
         }
-        fields.insert(key.into_owned(), value.into_owned());
+        let (key, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let key = decode(key).ok_or("a form field name is not UTF-8 text once decoded")?;
+        let value = decode(value)
+            .ok_or_else(|| format!("the form field {key:?} is not UTF-8 text once decoded"))?;
+        fields.insert(key, value);
     }
     let token = fields.remove(TOKEN_FIELD);
 
@@ -104,6 +111,35 @@ pub fn parse(appliance: Option<&str>, body: &[u8]) -> Result<IncomingEvent, Stri
     })
 }
 
+/// Decodes one name or value of a form: `+` is a space, `%XY` a byte; a `%` not
+/// followed by two hex digits stays as it is. Bytes that are not UTF-8 once decoded
+/// are refused (raw ones are refused already), never replaced: a replaced character
+/// would change a ticket number or a name without a word.
+fn decode(raw: &[u8]) -> Option<String> {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => bytes.push(b' '),
+            b'%' => match (
+                raw.get(i + 1).and_then(|b| hex(*b)),
+                raw.get(i + 2).and_then(|b| hex(*b)),
+            ) {
+                (Some(high), Some(low)) => {
+                    // Two hex digits: at most 255.
+                    bytes.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
+                    i += 2;
+                }
+                _ => bytes.push(b'%'),
+            },
+            b => bytes.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(bytes).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +160,20 @@ mod tests {
         assert_eq!(e.token.as_deref(), Some("t0k"));
         assert!(!e.fields.contains_key(TOKEN_FIELD));
         assert_eq!(parse(None, END).expect("valid").appliance_id, "Default");
+    }
+
+    #[test]
+    fn decoding_matches_the_form_encoding_of_any_text() {
+        for text in ["Ana Müller & Co", "100% sure", "a=b&c", "%zz %4", "+ +", ""] {
+            let encoded: String = form_urlencoded::byte_serialize(text.as_bytes()).collect();
+            assert_eq!(
+                decode(encoded.as_bytes()).as_deref(),
+                Some(text),
+                "{encoded}"
+            );
+        }
+        assert_eq!(decode(b"100%").as_deref(), Some("100%"));
+        assert_eq!(decode(b"%4g").as_deref(), Some("%4g"));
     }
 
     #[test]
@@ -174,6 +224,21 @@ mod tests {
         assert_eq!(
             parse(None, b"\xff\xfe"),
             Err("the body is not UTF-8 text".to_owned())
+        );
+        assert_eq!(
+            parse(
+                None,
+                b"event=support_conference_end&version=3&timestamp=1&lsid=a&external_key=CAS%FF01"
+            ),
+            Err("the form field \"external_key\" is not UTF-8 text once decoded".to_owned()),
+            "percent-encoded bytes that are not UTF-8 are refused like raw ones"
+        );
+        assert_eq!(
+            parse(
+                None,
+                b"event=support_conference_end&version=3&timestamp=1&lsid=a&%C3=x"
+            ),
+            Err("a form field name is not UTF-8 text once decoded".to_owned())
         );
     }
 

@@ -13,9 +13,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,6 +27,7 @@ use serde_json::json;
 
 use crate::configurations::Configurations;
 use crate::metrics::{Metrics, Received};
+use crate::serve::{read_body, BodyError};
 use crate::settings::{HostSettings, IpNet, SecretString};
 use crate::store::events::{NewEvent, Routing, Stored};
 use crate::store::Store;
@@ -64,6 +68,19 @@ impl Intake {
         }
     }
 
+    /// Whether `peer` may post events (`event_allowed_sources`).
+    fn check_source(&self, peer: SocketAddr) -> Result<(), IntakeError> {
+        if self.allowed_sources.is_empty()
+            || self.allowed_sources.iter().any(|n| n.contains(peer.ip()))
+        {
+            return Ok(());
+        }
+        Err(IntakeError::Forbidden(format!(
+            "{} is not an allowed event source",
+            peer.ip()
+        )))
+    }
+
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Ordering::SeqCst);
     }
@@ -78,6 +95,8 @@ pub enum IntakeError {
     TooLarge,
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    Timeout(String),
     #[error("the event could not be stored ({0}); the appliance keeps it and sends it again")]
     Unavailable(String),
     #[error("the engine is stopping; the appliance keeps the event and sends it again")]
@@ -90,9 +109,20 @@ impl IntoResponse for IntakeError {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) | Self::Stopping => StatusCode::SERVICE_UNAVAILABLE,
         };
         (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+impl From<BodyError> for IntakeError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge(_) => Self::TooLarge,
+            BodyError::TimedOut(_) => Self::Timeout(e.to_string()),
+            BodyError::Broken(_) => Self::Malformed(e.to_string()),
+        }
     }
 }
 
@@ -101,12 +131,43 @@ struct EventQuery {
     appliance: Option<String>,
 }
 
-pub fn router(intake: Arc<Intake>) -> Router {
+pub fn router(intake: Arc<Intake>, body_timeout: Duration) -> Router {
+    let gate = axum::middleware::from_fn_with_state((Arc::clone(&intake), body_timeout), gate);
     Router::new()
-        .route("/ERSPost", post(receive))
+        .route("/ERSPost", post(receive).layer(gate))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(intake)
+}
+
+/// Before the handler: a source that may not post events is refused before a byte of
+/// its body is read, and the body is then read whole, within the size limit and the
+/// body timeout, so the handler never waits on a sender.
+async fn gate(
+    State((intake, body_timeout)): State<(Arc<Intake>, Duration)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let read = match intake.check_source(peer) {
+        Ok(()) => read_body(request, BODY_LIMIT, body_timeout)
+            .await
+            .map_err(IntakeError::from),
+        Err(e) => Err(e),
+    };
+    match read {
+        Ok(request) => next.run(request).await,
+        Err(e) => {
+            intake.metrics.received(Received::Rejected);
+            tracing::warn!(%peer, "event rejected: {e}");
+            // What is left of the body is not read: the connection cannot be reused.
+            let mut response = e.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
 }
 
 async fn receive(
@@ -115,7 +176,7 @@ async fn receive(
     Query(query): Query<EventQuery>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<serde_json::Value>, IntakeError> {
-    let result = accept(&intake, peer, query, body).await;
+    let result = accept(&intake, query, body).await;
     let outcome = match &result {
         Ok((_, Stored::Duplicate { .. })) => Received::Duplicate,
         Ok((_, Stored::New { jobs: 0, .. })) => Received::Ignored,
@@ -145,20 +206,11 @@ async fn receive(
 
 async fn accept(
     intake: &Intake,
-    peer: SocketAddr,
     query: EventQuery,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(NewEvent, Stored), IntakeError> {
     if !intake.accepting.load(Ordering::SeqCst) {
         return Err(IntakeError::Stopping);
-    }
-    if !intake.allowed_sources.is_empty()
-        && !intake.allowed_sources.iter().any(|n| n.contains(peer.ip()))
-    {
-        return Err(IntakeError::Forbidden(format!(
-            "{} is not an allowed event source",
-            peer.ip()
-        )));
     }
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => IntakeError::TooLarge,

@@ -148,14 +148,4 @@ impl Store {
         })
         .await
     }
-
-    pub async fn delete_configuration(&self, id: i64) -> Result<(), StoreError> {
-        self.call(move |conn| {
-            match conn.execute("DELETE FROM configurations WHERE id = ?1", [id])? {
-                0 => Err(StoreError::NotFound),
-                _ => Ok(()),
-            }
-        })
-        .await
-    }
 }

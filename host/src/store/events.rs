@@ -76,9 +76,15 @@ fn insert_one(
                            next_attempt_at, last_error, received_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, ?8)",
     )?;
-    let jobs = match routing {
-        Routing::To(targets) => {
-            for (id, name) in targets {
+    // A configuration deleted after the event was routed but before this commit takes
+    // no job: the delete and this insert are serialised, so its jobs are either
+    // failed by the delete or never written.
+    let mut exists = tx.prepare_cached("SELECT 1 FROM configurations WHERE id = ?1")?;
+    let mut jobs = 0;
+    let mut deleted = Vec::new();
+    if let Routing::To(targets) = routing {
+        for (id, name) in targets {
+            if exists.exists([id])? {
                 job.execute(params![
                     event_id,
                     id,
@@ -90,24 +96,32 @@ fn insert_one(
                     now,
                     None::<String>
                 ])?;
+                jobs += 1;
+            } else {
+                deleted.push(name.as_str());
             }
-            targets.len()
         }
-        Routing::Ignored(reason) => {
-            job.execute(params![
-                event_id,
-                None::<i64>,
-                None::<String>,
-                event.source,
-                event.event_type,
-                event.lsid,
-                IGNORED,
-                now,
-                reason
-            ])?;
-            0
-        }
-    };
+    }
+    if jobs == 0 {
+        let reason = match routing {
+            Routing::Ignored(reason) => reason.clone(),
+            Routing::To(_) => format!(
+                "the configuration {} was deleted as the event arrived",
+                deleted.join(", ")
+            ),
+        };
+        job.execute(params![
+            event_id,
+            None::<i64>,
+            None::<String>,
+            event.source,
+            event.event_type,
+            event.lsid,
+            IGNORED,
+            now,
+            reason
+        ])?;
+    }
     Ok(Stored::New { event_id, jobs })
 }
 
@@ -345,18 +359,34 @@ pub fn recover(conn: &mut Connection, now: i64) -> Result<usize, StoreError> {
     Ok(jobs)
 }
 
-/// The waiting jobs of a deleted configuration fail, visibly.
-pub fn fail_waiting(
-    conn: &Connection,
+/// Deletes a configuration and, in the same transaction, fails its waiting jobs
+/// (visibly, with `reason`) and drops its poll cursor. Jobs running now finish and
+/// record their outcome. Returns the jobs failed.
+pub fn delete_configuration(
+    conn: &mut Connection,
     configuration_id: i64,
     reason: &str,
     now: i64,
 ) -> Result<usize, StoreError> {
-    Ok(conn.execute(
+    let tx = conn.transaction()?;
+    if tx.execute(
+        "DELETE FROM configurations WHERE id = ?1",
+        [configuration_id],
+    )? == 0
+    {
+        return Err(StoreError::NotFound);
+    }
+    let failed = tx.execute(
         "UPDATE jobs SET state = 'failed', last_error = ?2, updated_at = ?3
          WHERE configuration_id = ?1 AND state IN ('pending', 'retrying')",
         params![configuration_id, reason, now],
-    )?)
+    )?;
+    tx.execute(
+        "DELETE FROM poll_cursors WHERE configuration_id = ?1",
+        [configuration_id],
+    )?;
+    tx.commit()?;
+    Ok(failed)
 }
 
 /// One row of the history.
@@ -492,38 +522,81 @@ pub fn event_fields(
     Ok(serde_json::from_str(&fields).unwrap_or_default())
 }
 
-/// Puts a failed job back in the queue, with a fresh retry budget. Returns its
-/// state when it was not failed.
-pub fn retry(conn: &Connection, id: i64, now: i64) -> Result<Result<(), String>, StoreError> {
-    let state: Option<String> = conn
-        .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+/// Why a job cannot be retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotRetried {
+    /// Only failed jobs are retried; this is its state.
+    NotFailed(String),
+    /// Its configuration was deleted (or it was never routed to one).
+    NoConfiguration,
+}
+
+/// Puts a failed job back in the queue, with a fresh retry budget.
+pub fn retry(conn: &Connection, id: i64, now: i64) -> Result<Result<(), NotRetried>, StoreError> {
+    let job: Option<(String, bool)> = conn
+        .query_row(
+            "SELECT j.state, EXISTS (SELECT 1 FROM configurations c WHERE c.id = j.configuration_id)
+             FROM jobs j WHERE j.id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
-    match state.as_deref() {
+    match job {
         None => Err(StoreError::NotFound),
-        Some(FAILED) => {
+        Some((state, _)) if state != FAILED => Ok(Err(NotRetried::NotFailed(state))),
+        Some((_, false)) => Ok(Err(NotRetried::NoConfiguration)),
+        Some(_) => {
             conn.execute(
                 "UPDATE jobs SET state = 'pending', failures = 0, next_attempt_at = ?2, updated_at = ?2 WHERE id = ?1",
                 params![id, now],
             )?;
             Ok(Ok(()))
         }
-        Some(other) => Ok(Err(other.to_owned())),
     }
 }
 
-/// Removes finished jobs last changed before `before` (ms), and events left without jobs.
-pub fn prune(conn: &mut Connection, before: i64) -> Result<usize, StoreError> {
+/// Jobs removed per prune step: one step holds the database for milliseconds, so
+/// intake between steps is never held up by a long history.
+pub const PRUNE_BATCH: usize = 500;
+
+/// Removes up to `limit` finished jobs last changed before `before` (ms), with their
+/// attempts and the events they leave without jobs. Every lookup is indexed
+/// (`jobs_prunable`, `attempts_job`, `jobs_event`), so a step costs the same with ten
+/// events stored or ten million. Returns the jobs removed: fewer than `limit` means
+/// nothing more is due.
+pub fn prune_step(conn: &mut Connection, before: i64, limit: usize) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
-    let jobs = tx.execute(
-        "DELETE FROM jobs WHERE state IN ('succeeded', 'skipped', 'failed', 'ignored') AND updated_at < ?1",
-        [before],
-    )?;
-    tx.execute(
-        "DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id)",
-        [],
-    )?;
+    let due: Vec<(i64, i64)> = {
+        // INDEXED BY: fail loudly rather than fall back to a scan if the index went.
+        let mut stmt = tx.prepare_cached(
+            "SELECT id, event_id FROM jobs INDEXED BY jobs_prunable
+             WHERE state IN ('succeeded', 'skipped', 'failed', 'ignored') AND updated_at < ?1
+             ORDER BY updated_at LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![before, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows
+    };
+    {
+        let mut delete_job = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
+        let mut delete_event = tx.prepare_cached(
+            "DELETE FROM events WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM jobs WHERE event_id = ?1)",
+        )?;
+        for (job_id, _) in &due {
+            delete_job.execute([job_id])?;
+        }
+        let mut events: Vec<i64> = due.iter().map(|(_, event)| *event).collect();
+        events.sort_unstable();
+        events.dedup();
+        for event_id in events {
+            delete_event.execute([event_id])?;
+        }
+    }
     tx.commit()?;
-    Ok(jobs)
+    Ok(due.len())
 }
 
 /// Jobs per state, for the metrics.
@@ -543,6 +616,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         drop(crate::store::Store::open(dir.path()).expect("store"));
         let conn = Connection::open(dir.path().join(crate::store::DATABASE_FILE)).expect("open");
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .expect("foreign keys");
+        for id in [1, 2] {
+            conn.execute(
+                "INSERT INTO configurations (id, plugin, name, settings, secrets, created_at, updated_at)
+                 VALUES (?1, 'p', ?2, '{}', '{}', 0, 0)",
+                params![id, format!("c{id}")],
+            )
+            .expect("configuration");
+        }
         (dir, conn)
     }
 
@@ -667,7 +750,7 @@ mod tests {
         assert_eq!(job.state, PENDING);
         assert_eq!(attempts[0].outcome, "interrupted");
         assert_eq!(
-            prune(&mut conn, 13).expect("prune"),
+            prune_step(&mut conn, 13, PRUNE_BATCH).expect("prune"),
             1,
             "only the finished job"
         );
@@ -677,5 +760,113 @@ mod tests {
                 .expect("count"),
             1
         );
+    }
+
+    #[test]
+    fn an_event_routed_to_a_configuration_deleted_before_its_commit_takes_no_job() {
+        let (_dir, mut conn) = store();
+        insert_batch(&mut conn, &[(event("a", 1), to(1))], 10).expect("stored");
+        assert_eq!(
+            delete_configuration(&mut conn, 1, "the configuration was deleted", 11)
+                .expect("deleted"),
+            1,
+            "its waiting job fails in the delete's transaction"
+        );
+        // Intake routed this event while configuration 1 still existed.
+        let stored = insert_batch(
+            &mut conn,
+            &[(
+                event("b", 1),
+                Routing::To(vec![(1, "c1".into()), (2, "c2".into())]),
+            )],
+            12,
+        )
+        .expect("stored");
+        assert_eq!(
+            stored[0],
+            Stored::New {
+                event_id: 2,
+                jobs: 1
+            }
+        );
+        let late = insert_batch(&mut conn, &[(event("c", 1), to(1))], 13).expect("stored");
+        assert_eq!(
+            late[0],
+            Stored::New {
+                event_id: 3,
+                jobs: 0
+            }
+        );
+        let jobs: Vec<(Option<i64>, String, Option<String>)> = conn
+            .prepare("SELECT configuration_id, state, last_error FROM jobs ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            jobs,
+            vec![
+                (
+                    Some(1),
+                    FAILED.to_owned(),
+                    Some("the configuration was deleted".to_owned())
+                ),
+                (Some(2), PENDING.to_owned(), None),
+                (
+                    None,
+                    IGNORED.to_owned(),
+                    Some("the configuration c1 was deleted as the event arrived".to_owned())
+                ),
+            ]
+        );
+        assert_eq!(
+            retry(&conn, 1, 14).expect("retry"),
+            Err(NotRetried::NoConfiguration),
+            "a deleted configuration's failed event cannot run through another"
+        );
+    }
+
+    #[test]
+    fn pruning_goes_in_bounded_indexed_steps() {
+        let (_dir, mut conn) = store();
+        let batch: Vec<_> = (0..1_200)
+            .map(|i| (event(&format!("s{i}"), i), to(1)))
+            .collect();
+        insert_batch(&mut conn, &batch, 10).expect("stored");
+        conn.execute("UPDATE jobs SET state = 'succeeded'", [])
+            .expect("finish all");
+        assert_eq!(prune_step(&mut conn, 11, 500).expect("step"), 500);
+        assert_eq!(prune_step(&mut conn, 11, 500).expect("step"), 500);
+        assert_eq!(prune_step(&mut conn, 11, 500).expect("step"), 200);
+        assert_eq!(prune_step(&mut conn, 11, 500).expect("step"), 0);
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(left, 0, "events left without jobs go with them");
+        // Every lookup a step makes is served by an index, never a scan of jobs.
+        for sql in [
+            "SELECT id, event_id FROM jobs INDEXED BY jobs_prunable
+             WHERE state IN ('succeeded', 'skipped', 'failed', 'ignored') AND updated_at < 1
+             ORDER BY updated_at LIMIT 10",
+            "SELECT 1 FROM jobs WHERE event_id = 1",
+            "SELECT 1 FROM attempts WHERE job_id = 1",
+            "SELECT 1 FROM attempts WHERE outcome = 'running'",
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("plan")
+                .query_map([], |r| r.get::<_, String>(3))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            // A scan is fine only of a partial index, which holds just the rows wanted.
+            let partial = ["INDEX jobs_prunable", "INDEX attempts_running"];
+            assert!(
+                plan.iter().all(|step| !step.starts_with("SCAN")
+                    || partial.iter().any(|index| step.contains(index))),
+                "{sql}: {plan:?}"
+            );
+        }
     }
 }

@@ -69,6 +69,39 @@ const MIGRATIONS: &[&str] = &[
         last_poll_at     INTEGER,
         last_error       TEXT
     );",
+    // 3: indexes for retention and recovery. Deleting an event checks its jobs (the
+    // foreign key) and the prune finds events left without jobs: both look jobs up by
+    // event, which without `jobs_event` is a scan of every job per event.
+    "CREATE INDEX jobs_event ON jobs (event_id);
+    CREATE INDEX jobs_prunable ON jobs (updated_at)
+        WHERE state IN ('succeeded', 'skipped', 'failed', 'ignored');
+    CREATE INDEX attempts_running ON attempts (job_id) WHERE outcome = 'running';",
+    // 4: configuration ids are never reused (AUTOINCREMENT): a new configuration must
+    // not inherit a deleted one's history, cursor or jobs. SQLite cannot add
+    // AUTOINCREMENT to a table, so it is rebuilt; the sequence starts above every id
+    // ever seen, including ids deleted before this migration that jobs still name.
+    "CREATE TABLE configurations_v4 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        plugin      TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        disabled    INTEGER NOT NULL DEFAULT 0,
+        settings    TEXT NOT NULL,
+        secrets     TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        UNIQUE (plugin, name)
+    );
+    INSERT INTO configurations_v4 (id, plugin, name, disabled, settings, secrets, created_at, updated_at)
+        SELECT id, plugin, name, disabled, settings, secrets, created_at, updated_at FROM configurations;
+    DROP TABLE configurations;
+    ALTER TABLE configurations_v4 RENAME TO configurations;
+    DELETE FROM sqlite_sequence WHERE name = 'configurations';
+    INSERT INTO sqlite_sequence (name, seq)
+        SELECT 'configurations', COALESCE(MAX(id), 0) FROM (
+            SELECT MAX(id) AS id FROM configurations
+            UNION ALL SELECT MAX(configuration_id) FROM jobs
+            UNION ALL SELECT MAX(configuration_id) FROM poll_cursors
+        );",
 ];
 
 pub(super) fn apply(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -122,5 +155,71 @@ mod tests {
             )),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ids_deleted_before_the_upgrade_are_not_reused_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(crate::store::DATABASE_FILE);
+        let mut conn = Connection::open(&path).expect("open");
+        // A database of schema 2, whose configuration 7 was deleted but has history.
+        for (index, sql) in MIGRATIONS.iter().take(2).enumerate() {
+            conn.execute_batch(sql).expect("old schema");
+            conn.pragma_update(None, "user_version", index as i64 + 1)
+                .expect("version");
+        }
+        conn.execute_batch(
+            "INSERT INTO configurations (id, plugin, name, settings, secrets, created_at, updated_at)
+                 VALUES (3, 'p', 'kept', '{}', '{}', 0, 0);
+             INSERT INTO events (id, source, appliance_id, event_type, timestamp, fields, received_at)
+                 VALUES (1, 'outbound', 'Default', 'support_conference_end', 1, '{}', 0);
+             INSERT INTO jobs (event_id, configuration_id, configuration_name, source, event_type, state,
+                               next_attempt_at, received_at, updated_at)
+                 VALUES (1, 7, 'deleted', 'outbound', 'support_conference_end', 'failed', 0, 0, 0);",
+        )
+        .expect("rows");
+        apply(&mut conn, &path).expect("migrated");
+        conn.execute(
+            "INSERT INTO configurations (plugin, name, settings, secrets, created_at, updated_at)
+             VALUES ('p', 'new', '{}', '{}', 0, 0)",
+            [],
+        )
+        .expect("insert");
+        assert_eq!(conn.last_insert_rowid(), 8, "above the deleted 7");
+        conn.execute("DELETE FROM configurations WHERE id = 8", [])
+            .expect("delete");
+        conn.execute(
+            "INSERT INTO configurations (plugin, name, settings, secrets, created_at, updated_at)
+             VALUES ('p', 'newer', '{}', '{}', 0, 0)",
+            [],
+        )
+        .expect("insert");
+        assert_eq!(conn.last_insert_rowid(), 9, "8 is not reused either");
+        let kept: String = conn
+            .query_row("SELECT name FROM configurations WHERE id = 3", [], |r| {
+                r.get(0)
+            })
+            .expect("kept");
+        assert_eq!(kept, "kept");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_data_folder_and_database_are_readable_by_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("mkdir");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let store = crate::store::Store::open(&data).expect("store");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700, "an existing folder is tightened");
+        for name in ["engine.sqlite3", "engine.sqlite3-wal", "engine.sqlite3-shm"] {
+            assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+        }
+        drop(store);
+        let fresh = dir.path().join("a").join("b");
+        drop(crate::store::Store::open(&fresh).expect("store"));
+        assert_eq!(mode(&fresh), 0o700);
     }
 }

@@ -51,11 +51,15 @@ impl Store {
     /// Opens (creating if needed) the database in `data_dir` and brings its schema up
     /// to date. Refuses a schema newer than this binary knows.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataFolder {
-            path: data_dir.to_owned(),
-            source,
-        })?;
+        let folder_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::DataFolder { path, source }
+        };
+        private::create_folder(data_dir).map_err(folder_error(data_dir))?;
         let path = data_dir.join(DATABASE_FILE);
+        // SQLite gives its -wal and -shm files the mode of the database file, so the
+        // file is made owner-only before SQLite first opens it.
+        private::create_file(&path).map_err(folder_error(&path))?;
         let mut conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit is on disk before we answer (an accepted event is never lost).
@@ -88,6 +92,65 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+/// The data folder and the database hold configurations, the event history and the
+/// key: they are readable by the engine's user only (0700 and 0600), whatever the
+/// umask, and looser modes left by an older version are tightened.
+mod private {
+    use std::path::Path;
+
+    #[cfg(unix)]
+    pub fn create_folder(path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)?;
+        tighten(path, 0o700)
+    }
+
+    #[cfg(unix)]
+    pub fn create_file(path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        tighten(path, 0o600)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            match tighten(Path::new(&side), 0o600) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `mode` when the file's permissions are looser.
+    #[cfg(unix)]
+    fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if current & !mode != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    pub fn create_folder(path: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    #[cfg(not(unix))]
+    pub fn create_file(_path: &Path) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
