@@ -11,6 +11,8 @@
 //! of the types in [`model`] and [`manifest`]; errors cross as a small typed struct.
 
 mod abi;
+#[cfg(target_os = "linux")]
+mod elf;
 pub mod kit;
 pub mod loader;
 pub mod manifest;

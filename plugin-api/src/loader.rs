@@ -36,6 +36,39 @@ pub enum LoadError {
     ConstructorPanicked(String),
     #[error("its manifest is unreadable: {0}")]
     BadManifest(String),
+    #[error("the library file is truncated or damaged: its {part} ends at byte {} but the file has {} bytes; copy the plugin again", grouped(*.end), grouped(*.size))]
+    Truncated { part: String, end: u64, size: u64 },
+    #[error("the library file is damaged: {0}; copy the plugin again")]
+    Damaged(String),
+    #[error("not a shared library: it is {kind}; a plugin is built as a cdylib (crate-type = [\"cdylib\"])")]
+    NotASharedLibrary { kind: String },
+    #[error(
+        "built for {library}, but this host runs on {host}; install the plugin built for {host}"
+    )]
+    WrongArchitecture { library: String, host: String },
+    #[error("a {library_bits}-bit library, but this host is a {host_bits}-bit program; install the plugin's {host_bits}-bit build")]
+    WrongWordSize { library_bits: u8, host_bits: u8 },
+    #[error("its byte order is {library}, but this host is {host}; install the plugin built for this host")]
+    WrongByteOrder { library: String, host: String },
+    #[error("the library has no dynamic segment (PT_DYNAMIC), so it cannot be loaded; rebuild the plugin as a cdylib")]
+    NoDynamicSection,
+}
+
+/// `1234567` as `1,234,567`, for byte counts an admin reads.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    // The first group takes 1 to 3 digits, every later one exactly 3.
+    let head = (digits.len() - 1) % 3 + 1;
+    let (mut text, mut rest) = match digits.split_at_checked(head) {
+        Some((first, rest)) => (first.to_owned(), rest),
+        None => return digits,
+    };
+    while let Some((group, tail)) = rest.split_at_checked(3) {
+        text.push(',');
+        text.push_str(group);
+        rest = tail;
+    }
+    text
 }
 
 impl LoadError {
@@ -109,6 +142,10 @@ impl std::fmt::Debug for LoadedPlugin {
 /// Loads the plugin library at `path`, checks it against this plugin-api, runs its
 /// constructor and reads its manifest.
 pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
+    // The dynamic loader maps segments without checking that the file holds them: a
+    // truncated library would kill the host with SIGBUS, so its headers are checked first.
+    #[cfg(target_os = "linux")]
+    crate::elf::check(path)?;
     let header =
         abi_stable::library::lib_header_from_path(path).map_err(LoadError::from_library_error)?;
     // Checked against the 0.1.0 view, so that plugins built before later additions load.
@@ -269,6 +306,46 @@ mod tests {
             matches!(&err, LoadError::NotALibrary(detail) if detail.contains("readme.so")),
             "{err:?}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn byte_counts_are_grouped_by_thousands() {
+        let cases = [(0, "0"), (999, "999"), (1000, "1,000"), (4096, "4,096")];
+        for (n, text) in cases {
+            assert_eq!(grouped(n), text);
+        }
+        assert_eq!(grouped(1_234_567), "1,234,567");
+        assert_eq!(grouped(u64::MAX), "18,446,744,073,709,551,615");
+    }
+
+    /// Loading a truncated copy of a real shared library gives the verdict instead of
+    /// SIGBUS inside the dynamic loader (which would end this test process).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_truncated_library_is_refused_before_the_loader_maps_it() {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        let library = maps
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .find(|p| p.starts_with('/') && p.contains(".so"))
+            .expect("a mapped shared library");
+        let bytes = std::fs::read(library).expect("read the library");
+        let dir = std::env::temp_dir().join(format!("plugin-api-trunc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for cut in [4096, bytes.len() / 2] {
+            let path = dir.join(format!("libcut{cut}.so"));
+            std::fs::write(&path, &bytes[..cut]).expect("write");
+            let err = load(&path).expect_err("must not load");
+            assert!(
+                matches!(&err, LoadError::Truncated { size, .. } if *size == cut as u64),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string().ends_with("; copy the plugin again"),
+                "{err}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -8,7 +8,7 @@ use host::plugins::runner::{CallLimits, PluginRunner};
 use plugin_api::loader::{self, LoadError};
 use plugin_api::{ErrorKind, Event, EventSource, LogLevel, Outcome, Settings};
 
-use crate::helpers::{library, run_host, PluginsDir};
+use crate::helpers::{library, run_host, PluginsDir, TestHost};
 
 const SO: &str = std::env::consts::DLL_EXTENSION;
 
@@ -84,6 +84,173 @@ fn a_missing_plugins_folder_is_an_error_the_admin_can_read() {
         ),
         "{stdout}"
     );
+}
+
+/// Lays out `file-sink` (the real plugin) and two truncated copies of it: `cut-4096`
+/// (`head -c 4096`) and `cut-half`; returns the two truncated lengths.
+fn plugins_with_truncated_copies(plugins: &PluginsDir) -> [usize; 2] {
+    plugins.add("file-sink", "file_sink_plugin");
+    let bytes = std::fs::read(library("file_sink_plugin")).expect("read the plugin");
+    let cuts = [4096, bytes.len() / 2];
+    for (folder, cut) in ["cut-4096", "cut-half"].into_iter().zip(cuts) {
+        let target = plugins.path().join(folder);
+        std::fs::create_dir_all(&target).expect("mkdir");
+        std::fs::write(
+            target.join(format!("libfile_sink_plugin.{SO}")),
+            &bytes[..cut],
+        )
+        .expect("write the truncated copy");
+    }
+    cuts
+}
+
+/// `4096` as `4,096`, the way the verdicts write byte counts.
+fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    // The first group takes 1 to 3 digits, every later one exactly 3.
+    let head = (digits.len() - 1) % 3 + 1;
+    let (mut text, mut rest) = match digits.split_at_checked(head) {
+        Some((first, rest)) => (first.to_owned(), rest),
+        None => return digits,
+    };
+    while let Some((group, tail)) = rest.split_at_checked(3) {
+        text.push(',');
+        text.push_str(group);
+        rest = tail;
+    }
+    text
+}
+
+fn assert_truncated_verdict(reason: &str, cut: usize) {
+    assert!(
+        reason.starts_with("the library file is truncated or damaged: its ")
+            && reason.ends_with(&format!(
+                " but the file has {} bytes; copy the plugin again",
+                grouped(cut)
+            )),
+        "{reason}"
+    );
+}
+
+#[test]
+fn plugins_command_reports_truncated_libraries_and_lists_the_good_one() {
+    use std::os::unix::process::ExitStatusExt;
+    let plugins = PluginsDir::new();
+    let cuts = plugins_with_truncated_copies(&plugins);
+    let dir = plugins.path().to_str().expect("utf-8 path");
+
+    let output = run_host(&["plugins", "--plugins-dir", dir]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // A truncated library used to end the process with SIGBUS in the dynamic loader.
+    assert_eq!(output.status.signal(), None, "killed; stderr: {stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a failure makes the command fail"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert_eq!(lines[0], format!("Plugins folder: {dir}"));
+    for (line, (folder, cut)) in lines[1..3]
+        .iter()
+        .zip(["cut-4096", "cut-half"].iter().zip(cuts))
+    {
+        let prefix = format!("FAILED  {folder}/libfile_sink_plugin.{SO}: ");
+        let reason = line
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{line}"));
+        assert_truncated_verdict(reason, cut);
+    }
+    assert_eq!(
+        lines[3],
+        format!(
+            "ok      file-sink/libfile_sink_plugin.{SO}: file-sink \"File Sink (example)\" 0.1.0"
+        )
+    );
+    assert_eq!(lines[4], "1 loaded, 2 failed");
+}
+
+#[tokio::test]
+async fn serve_starts_past_truncated_libraries_and_shows_their_reasons() {
+    let plugins = PluginsDir::new();
+    let cuts = plugins_with_truncated_copies(&plugins);
+    // Before the check, the host died with SIGBUS here and never printed its addresses.
+    let host = TestHost::start(&plugins);
+    let (status, list) = host.get("/api/plugins").await;
+    assert_eq!(status, 200, "{list}");
+    let by_folder = |folder: &str| {
+        list.as_array()
+            .and_then(|l| l.iter().find(|p| p["folder"] == folder))
+            .cloned()
+            .unwrap_or_else(|| panic!("no plugin in folder {folder}: {list}"))
+    };
+    let sink = by_folder("file-sink");
+    assert_eq!(
+        (&sink["id"], &sink["status"]),
+        (&"file-sink".into(), &"loaded".into())
+    );
+    for (folder, cut) in ["cut-4096", "cut-half"].into_iter().zip(cuts) {
+        let entry = by_folder(folder);
+        assert_eq!(entry["status"], "failed", "{entry}");
+        assert_truncated_verdict(entry["error"].as_str().expect("a reason"), cut);
+    }
+    // The good plugin is usable: the plugin checks a configuration of it, which then opens.
+    let output = host.data.path().join("sink.jsonl");
+    let (status, body) = host
+        .post(
+            "/api/configurations",
+            &serde_json::json!({"plugin": "file-sink", "name": "Sink", "settings": {
+                "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
+                "outbound_event_types": ["support_conference_end"],
+                "output_file": output.to_str().expect("utf-8"),
+            }}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[test]
+fn symbolic_link_loops_and_dangling_links_are_reported() {
+    use std::os::unix::fs::symlink;
+    let plugins = PluginsDir::new();
+    let dir = plugins.path();
+    // A plugin reached through a link to its folder keeps working.
+    let outside = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        library("file_sink_plugin"),
+        outside.path().join(format!("libfile_sink_plugin.{SO}")),
+    )
+    .expect("copy plugin");
+    symlink(outside.path(), dir.join("file-sink")).expect("symlink");
+    symlink("loop", dir.join("loop")).expect("symlink");
+    symlink("missing-folder", dir.join("dangling")).expect("symlink");
+    std::fs::create_dir(dir.join("inner")).expect("mkdir");
+    symlink(
+        format!("libself.{SO}"),
+        dir.join("inner").join(format!("libself.{SO}")),
+    )
+    .expect("symlink");
+    let d = dir.to_str().expect("utf-8 path");
+
+    let output = run_host(&["plugins", "--plugins-dir", d]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let expected = vec![
+        format!("Plugins folder: {d}"),
+        format!("FAILED  dangling: symbolic link to a missing file: {d}/dangling -> missing-folder does not exist; restore it or remove the link"),
+        format!("ok      file-sink/libfile_sink_plugin.{SO}: file-sink \"File Sink (example)\" 0.1.0"),
+        format!("FAILED  inner/libself.{SO}: symbolic link loop: {d}/inner/libself.{SO} -> libself.{SO} leads back to itself and never reaches a file; point the link at the plugin's folder or library"),
+        format!("FAILED  loop: symbolic link loop: {d}/loop -> loop leads back to itself and never reaches a file; point the link at the plugin's folder or library"),
+        "1 loaded, 3 failed".to_owned(),
+    ];
+    assert_eq!(
+        lines,
+        expected,
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(1));
 }
 
 #[test]

@@ -68,12 +68,12 @@ impl Registry {
         let mut ids: HashMap<String, PathBuf> = HashMap::new();
         for child in children {
             let name = file_name(&child);
-            if child.is_dir() {
-                let libraries = match sorted_children(&child) {
-                    Ok(files) => files
-                        .into_iter()
-                        .filter(|f| is_library(f))
-                        .collect::<Vec<_>>(),
+            // A broken link may have meant a plugin folder or a library: say so either way.
+            if let Some(reason) = broken_link(&child) {
+                registry.push(name, None, Verdict::Failed(reason));
+            } else if child.is_dir() {
+                let files = match sorted_children(&child) {
+                    Ok(files) => files,
                     Err(e) => {
                         registry.push(
                             name,
@@ -83,18 +83,26 @@ impl Registry {
                         continue;
                     }
                 };
-                if libraries.is_empty() {
+                let mut found = false;
+                for file in files.into_iter().filter(|f| has_library_extension(f)) {
+                    let verdict = if let Some(reason) = broken_link(&file) {
+                        Verdict::Failed(reason)
+                    } else if file.is_file() {
+                        load_unique(&file, &mut ids)
+                    } else {
+                        continue;
+                    };
+                    found = true;
+                    registry.push(name.clone(), Some(file), verdict);
+                }
+                if !found {
                     registry.push(
-                        name.clone(),
+                        name,
                         None,
                         Verdict::Failed(format!(
                             "no plugin library (*.{LIBRARY_EXTENSION}) in this folder"
                         )),
                     );
-                }
-                for library in libraries {
-                    let verdict = load_unique(&library, &mut ids);
-                    registry.push(name.clone(), Some(library), verdict);
                 }
             } else if is_library(&child) {
                 registry.push(
@@ -162,7 +170,44 @@ fn load_unique(library: &Path, ids: &mut HashMap<String, PathBuf>) -> Verdict {
 }
 
 fn is_library(path: &Path) -> bool {
-    path.is_file() && path.extension().is_some_and(|e| e == LIBRARY_EXTENSION)
+    path.is_file() && has_library_extension(path)
+}
+
+fn has_library_extension(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == LIBRARY_EXTENSION)
+}
+
+/// Why `path`, a symbolic link, cannot be followed; `None` when it is no link or a
+/// working one. `is_dir()` and `is_file()` answer false for these, which used to skip
+/// them without a word.
+fn broken_link(path: &Path) -> Option<String> {
+    if !std::fs::symlink_metadata(path)
+        .ok()?
+        .file_type()
+        .is_symlink()
+    {
+        return None;
+    }
+    let error = std::fs::metadata(path).err()?;
+    let target = std::fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_else(|e| format!("(unreadable: {e})"));
+    let link = path.display();
+    Some(if is_link_loop(&error) {
+        format!("symbolic link loop: {link} -> {target} leads back to itself and never reaches a file; point the link at the plugin's folder or library")
+    } else if error.kind() == std::io::ErrorKind::NotFound {
+        format!("symbolic link to a missing file: {link} -> {target} does not exist; restore it or remove the link")
+    } else {
+        format!("symbolic link that cannot be followed: {link} -> {target}: {error}")
+    })
+}
+
+/// ELOOP, which std has no stable `ErrorKind` for.
+fn is_link_loop(error: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    return error.raw_os_error() == Some(libc::ELOOP);
+    #[cfg(not(unix))]
+    return false;
 }
 
 fn file_name(path: &Path) -> String {
@@ -223,5 +268,51 @@ mod tests {
             ]
         );
         assert_eq!(registry.failed_count(), 2);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn broken_symbolic_links_are_reported_and_working_ones_followed() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plugins = dir.path().join("Plugins");
+        let so = LIBRARY_EXTENSION;
+        std::fs::create_dir_all(plugins.join("inner")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("elsewhere")).expect("mkdir");
+        // Top level: a loop of two links, a dangling link, a link to an empty folder.
+        symlink(plugins.join("loop-b"), plugins.join("loop-a")).expect("symlink");
+        symlink(plugins.join("loop-a"), plugins.join("loop-b")).expect("symlink");
+        symlink(dir.path().join("gone"), plugins.join("dangling")).expect("symlink");
+        symlink(dir.path().join("elsewhere"), plugins.join("linked")).expect("symlink");
+        // In a plugin's folder: a link to itself, and a dangling link to a library.
+        let own = plugins.join("inner").join(format!("libself.{so}"));
+        symlink(&own, &own).expect("symlink");
+        symlink(
+            dir.path().join(format!("libgone.{so}")),
+            plugins.join("inner").join(format!("libgone.{so}")),
+        )
+        .expect("symlink");
+
+        let registry = Registry::scan(&plugins);
+        let verdicts: Vec<(String, String)> = registry
+            .entries
+            .iter()
+            .map(|e| match &e.verdict {
+                Verdict::Failed(r) => (e.folder.clone(), r.clone()),
+                Verdict::Loaded(_) => (e.folder.clone(), "loaded".into()),
+            })
+            .collect();
+        let (p, d) = (plugins.display(), dir.path().display());
+        assert_eq!(
+            verdicts,
+            vec![
+                ("dangling".to_owned(), format!("symbolic link to a missing file: {p}/dangling -> {d}/gone does not exist; restore it or remove the link")),
+                ("inner".to_owned(), format!("symbolic link to a missing file: {p}/inner/libgone.{so} -> {d}/libgone.{so} does not exist; restore it or remove the link")),
+                ("inner".to_owned(), format!("symbolic link loop: {p}/inner/libself.{so} -> {p}/inner/libself.{so} leads back to itself and never reaches a file; point the link at the plugin's folder or library")),
+                ("linked".to_owned(), format!("no plugin library (*.{so}) in this folder")),
+                ("loop-a".to_owned(), format!("symbolic link loop: {p}/loop-a -> {p}/loop-b leads back to itself and never reaches a file; point the link at the plugin's folder or library")),
+                ("loop-b".to_owned(), format!("symbolic link loop: {p}/loop-b -> {p}/loop-a leads back to itself and never reaches a file; point the link at the plugin's folder or library")),
+            ]
+        );
     }
 }
