@@ -1,5 +1,6 @@
 //! Counters for `/metrics`, in the Prometheus text format.
 
+use crate::store::events::JobState;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -76,7 +77,7 @@ impl Metrics {
     }
 
     /// The exposition text; `queue` is the number of jobs per state.
-    pub fn render(&self, queue: &[(String, i64)]) -> String {
+    pub fn render(&self, queue: &[(JobState, i64)]) -> String {
         let mut out = String::new();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let _ = writeln!(
@@ -93,7 +94,7 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP mwe_jobs Events per configuration, by state.");
         let _ = writeln!(out, "# TYPE mwe_jobs gauge");
-        for state in crate::store::events::STATES {
+        for state in JobState::ALL {
             let n = queue
                 .iter()
                 .find(|(s, _)| s == state)
@@ -159,7 +160,7 @@ mod tests {
         m.received(Received::Stored);
         m.received(Received::Rejected);
         m.plugin_call(Duration::from_millis(30));
-        let text = m.render(&[("pending".into(), 4)]);
+        let text = m.render(&[(JobState::Pending, 4)]);
         assert!(text.contains("mwe_events_received_total{outcome=\"stored\"} 2\n"));
         assert!(text.contains("mwe_events_received_total{outcome=\"rejected\"} 1\n"));
         assert!(text.contains("mwe_jobs{state=\"pending\"} 4\n"));

@@ -9,6 +9,8 @@
 //!    Retry-After had passed.
 //! 3. Requests per session against each remote over 1,000 sessions.
 //! 4. Memory (RSS) idle and under load, and the time from start to ready.
+//! 5. A restart on a long history: 200,000 events stored (half past the retention),
+//!    the time to the first event answered, and to the old half pruned meanwhile.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -89,6 +91,95 @@ fn start_engine(binary: &Path, plugins: &Path, data: &Path) -> Engine {
         admin,
         events,
         ready_after,
+    }
+}
+
+/// Events in the store of the restart benchmark; half of them past the retention.
+const HISTORY: i64 = 200_000;
+
+struct Restart {
+    ready: Duration,
+    first_event: Duration,
+    first_api: Duration,
+    pruned: Duration,
+}
+
+/// Fills a store with [`HISTORY`] events (an `ignored` job each, half of them
+/// finished long ago), starts the engine on it and measures from the start.
+async fn restart_on_history(binary: &Path, plugins: &Path, data: &Path) -> Restart {
+    drop(start_engine(binary, plugins, data)); // creates the schema
+    let fill = || -> rusqlite::Result<()> {
+        let mut db = rusqlite::Connection::open(data.join("engine.sqlite3"))?;
+        let tx = db.transaction()?;
+        {
+            let mut event = tx.prepare(
+                "INSERT INTO events (source, appliance_id, event_type, lsid, timestamp, fields, received_at, dedup_key)
+                 VALUES ('outbound', 'Default', 'support_conference_end', ?1, ?2, '{}', ?3, ?1)",
+            )?;
+            let mut job = tx.prepare(
+                "INSERT INTO jobs (event_id, source, event_type, lsid, state, next_attempt_at, last_error, received_at, updated_at)
+                 VALUES (?1, 'outbound', 'support_conference_end', ?2, 'ignored', ?3, 'no configuration', ?3, ?3)",
+            )?;
+            let now = chrono::Utc::now().timestamp_millis();
+            for i in 0..HISTORY {
+                let at = if i < HISTORY / 2 {
+                    1_000 + i
+                } else {
+                    now - 1_000
+                };
+                let lsid = format!("history-{i}");
+                event.execute(rusqlite::params![lsid, i, at])?;
+                job.execute(rusqlite::params![tx.last_insert_rowid(), lsid, at])?;
+            }
+        }
+        tx.commit()
+    };
+    fill().unwrap_or_else(|e| fail(format!("cannot fill the store: {e}")));
+    let started = Instant::now();
+    let engine = start_engine(binary, plugins, data);
+    let http = reqwest::Client::new();
+    let form = [
+        ("event", "support_conference_end"),
+        ("version", "3"),
+        ("timestamp", "1764231302"),
+        ("lsid", "after-restart"),
+    ];
+    let answered = http
+        .post(format!("{}/ERSPost", engine.events))
+        .form(&form)
+        .send()
+        .await
+        .map(|r| r.status().is_success());
+    if !matches!(answered, Ok(true)) {
+        fail(format!("the first event after the restart: {answered:?}"));
+    }
+    let first_event = started.elapsed();
+    let _ = api(&http, format!("{}/api/configurations", engine.admin), None).await;
+    let first_api = started.elapsed();
+    let remaining = format!("mwe_jobs{{state=\"ignored\"}} {}\n", HISTORY / 2 + 1);
+    loop {
+        let metrics = http
+            .get(format!("{}/metrics", engine.admin))
+            .send()
+            .await
+            .ok();
+        let text = match metrics {
+            Some(m) => m.text().await.unwrap_or_default(),
+            None => String::new(),
+        };
+        if text.contains(&remaining) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            fail("the old history was not pruned within 10 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Restart {
+        ready: engine.ready_after,
+        first_event,
+        first_api,
+        pruned: started.elapsed(),
     }
 }
 
@@ -381,6 +472,12 @@ async fn main() {
         "end to end, limited: {} sessions in {:.1} s, {} throttled, {} early",
         limited.sessions, limited.seconds, limited.throttled, limited.early
     );
+    let restart = restart_on_history(&binary, &plugins, &work.path().join("history-data")).await;
+    println!(
+        "restart on {HISTORY} events: first event after {} ms, pruned after {:.1} s",
+        restart.first_event.as_millis(),
+        restart.pruned.as_secs_f64()
+    );
     let allowed = 600.0 * limited.seconds / 30.0;
     let share = limited.accepted_requests as f64 / allowed.max(1.0) * 100.0;
 
@@ -471,6 +568,26 @@ async fn main() {
         doc,
         "| RSS peak, end to end (1,000 sessions) | {} MiB |",
         free.peak_rss / 1024
+    );
+    let _ = writeln!(doc, "\n## 5. A restart on a long history\n");
+    let _ = writeln!(doc, "The engine is killed and started on a store of {HISTORY} events, half of them finished past the retention, so the start-up prune has {} events to remove while the appliance's stream goes on. Times from the process start.\n", HISTORY / 2);
+    let _ = writeln!(doc, "| measure | value |");
+    let _ = writeln!(doc, "| --- | ---: |");
+    let _ = writeln!(doc, "| start to ready | {} ms |", restart.ready.as_millis());
+    let _ = writeln!(
+        doc,
+        "| start to the first event answered (200) | {} ms |",
+        restart.first_event.as_millis()
+    );
+    let _ = writeln!(
+        doc,
+        "| start to the first admin API answer | {} ms |",
+        restart.first_api.as_millis()
+    );
+    let _ = writeln!(
+        doc,
+        "| start to the old half pruned (in steps, while serving) | {:.1} s |",
+        restart.pruned.as_secs_f64()
     );
     print!("\n{doc}");
     std::fs::write("docs/benchmarks.md", &doc)

@@ -29,11 +29,17 @@ pub enum ApiError {
     RequestTimeout(String),
     #[error("the configuration is not valid")]
     Validation(FieldErrors),
-    #[error("{0}")]
-    Internal(String),
+    /// Logged with its whole chain of causes; the client gets generic text, never
+    /// SQL or file paths.
+    #[error("internal error; the engine's log has the details")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ApiError {
+    pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(e.into())
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -53,8 +59,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::error!("admin API error: {self}");
+        if let Self::Internal(e) = &self {
+            tracing::error!("admin API: internal error: {}", chain(e.as_ref()));
         }
         let body = match &self {
             Self::Validation(errors) => json!({ "error": self.to_string(), "errors": errors }),
@@ -71,6 +77,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// An error and its causes, outermost first: "a: b: c".
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // thiserror's `transparent` and `{0}` repeat the cause in the outer text.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl From<ConfigError> for ApiError {
     fn from(e: ConfigError) -> Self {
         match e {
@@ -79,7 +101,7 @@ impl From<ConfigError> for ApiError {
             }
             ConfigError::Invalid(errors) => Self::Validation(errors),
             ConfigError::DuplicateName(_) => Self::Conflict(e.to_string()),
-            ConfigError::Store(_) | ConfigError::Secrets(_) => Self::Internal(e.to_string()),
+            ConfigError::Store(_) | ConfigError::Secrets(_) => Self::internal(e),
         }
     }
 }
@@ -119,7 +141,7 @@ impl From<PathRejection> for ApiError {
             PathRejection::FailedToDeserializePathParams(e) => {
                 Self::BadRequest(format!("the path is not valid: {}", e.body_text()))
             }
-            other => Self::Internal(other.body_text()),
+            other => Self::internal(other),
         }
     }
 }
@@ -130,5 +152,28 @@ impl From<QueryRejection> for ApiError {
             "the query string is not valid: {}",
             rejection.body_text()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_is_logged_whole_and_answered_generically() {
+        let sql = crate::store::StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(1),
+            Some("no such table: jobs".into()),
+        ));
+        let error = ApiError::internal(sql);
+        let ApiError::Internal(inner) = &error else {
+            panic!("internal");
+        };
+        assert!(chain(inner.as_ref()).contains("no such table: jobs"));
+        assert_eq!(
+            error.to_string(),
+            "internal error; the engine's log has the details"
+        );
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

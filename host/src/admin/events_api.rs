@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::api::{ApiPath, ApiQuery, AppState};
 use super::error::ApiError;
-use crate::store::events::{self, Filter, JobView, STATES};
+use crate::store::events::{self, Filter, JobState, JobView};
 use crate::store::{now_ms, StoreError};
 
 #[derive(Debug, Deserialize)]
@@ -61,7 +61,7 @@ fn parse_since(text: &str) -> Result<i64, ApiError> {
 fn store_error(e: StoreError, id: i64) -> ApiError {
     match e {
         StoreError::NotFound => ApiError::NotFound(format!("no event with id {id}")),
-        other => ApiError::Internal(other.to_string()),
+        other => ApiError::internal(other),
     }
 }
 
@@ -77,13 +77,10 @@ pub async fn list_events(
     };
     let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
         None => None,
-        Some(s) if STATES.contains(&s) => Some(s.to_owned()),
-        Some(s) => {
-            return Err(ApiError::BadRequest(format!(
-                "state={s:?} is not one of: {}",
-                STATES.join(", ")
-            )))
-        }
+        Some(s) => Some(
+            s.parse::<JobState>()
+                .map_err(|e| ApiError::BadRequest(format!("state={e}")))?,
+        ),
     };
     let limit = match q.limit.as_deref().filter(|l| !l.is_empty()) {
         None => 100,
@@ -109,9 +106,9 @@ pub async fn list_events(
     };
     let jobs = app
         .store
-        .call(move |conn| events::list(conn, &filter))
+        .read(move |conn| events::list(conn, &filter))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::internal)?;
     Ok(Json(jobs.iter().map(job_json).collect()))
 }
 
@@ -121,15 +118,24 @@ pub async fn get_event(
 ) -> Result<Json<Value>, ApiError> {
     let (job, attempts, fields) = app
         .store
-        .call(move |conn| {
+        .read(move |conn| {
             let (job, attempts) = events::get(conn, id)?;
-            let fields = events::event_fields(conn, job.event_id)?;
+            let fields = events::event_fields(conn, job.event_id);
             Ok((job, attempts, fields))
         })
         .await
         .map_err(|e| store_error(e, id))?;
     let mut body = job_json(&job);
-    body["fields"] = json!(fields);
+    match fields {
+        Ok(fields) => body["fields"] = json!(fields),
+        // A damaged row is shown as such, never as an empty form.
+        Err(e @ StoreError::Corrupt { .. }) => {
+            tracing::error!(event = job.event_id, "{e}");
+            body["fields"] = Value::Null;
+            body["fields_error"] = json!(e.to_string());
+        }
+        Err(e) => return Err(store_error(e, id)),
+    }
     body["attempt_log"] = attempts
         .iter()
         .map(|a| {
@@ -176,9 +182,9 @@ pub async fn retry_event(
 pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let queue = app
         .store
-        .call(|conn| events::counts_by_state(conn))
+        .read(events::counts_by_state)
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::internal)?;
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plugin_api::{ErrorKind, Event, EventSource, PluginError};
+use plugin_api::{ErrorKind, Event, PluginError};
 use tokio::sync::Notify;
 
 use crate::configurations::Configurations;
 use crate::metrics::Metrics;
 use crate::settings::HostSettings;
-use crate::store::events::{self, Claimed};
+use crate::store::events::{self, Claimed, Verdict};
 use crate::store::{now_ms, Store};
 use retry::Backoff;
 
@@ -162,7 +162,7 @@ impl Engine {
         let now = now_ms();
         let due = self
             .store
-            .call(move |conn| events::due(conn, now, DUE_BATCH))
+            .read(move |conn| events::due(conn, now, DUE_BATCH))
             .await?;
         for job in due {
             if self.stopping.load(Ordering::SeqCst) {
@@ -206,7 +206,7 @@ impl Engine {
                 }
             }
         }
-        let next = self.store.call(|conn| events::next_due_at(conn)).await?;
+        let next = self.store.read(events::next_due_at).await?;
         let pause_end = self
             .lock()
             .paused_until
@@ -232,11 +232,7 @@ impl Engine {
     }
 
     async fn run(self: Arc<Self>, target: crate::configurations::Target, job: Claimed) {
-        let source = if job.source == "polling" {
-            EventSource::Polling
-        } else {
-            EventSource::Outbound
-        };
+        let source = job.source.to_plugin();
         let event = Event {
             id: job.event_id,
             source,
@@ -260,35 +256,43 @@ impl Engine {
             )),
         };
         self.metrics.plugin_call(started.elapsed());
-        let jitter = random_unit();
-        let decision = retry::decide(
+        let attempt = retry::Attempt {
+            source,
+            event_type: &job.event_type,
+            failures_before: job.failures,
+            now: now_ms(),
+        };
+        let verdict = retry::decide(
             &result,
             &target.policy,
-            source,
-            &job.event_type,
-            job.failures,
-            now_ms(),
+            &attempt,
             &self.backoff,
-            jitter,
+            random_unit(),
         );
-        if let Some(until) = decision.pause_until {
-            tracing::warn!(configuration = %target.name, "throttled: pausing this configuration's queue for {} ms", until - now_ms());
-            self.lock().paused_until.insert(target.id, until);
+        match &verdict {
+            Verdict::Throttled { until, .. } => {
+                tracing::warn!(configuration = %target.name, "throttled: pausing this configuration's queue for {} ms", until - now_ms());
+                self.lock().paused_until.insert(target.id, *until);
+            }
+            Verdict::Retry { .. } => self.metrics.retry_scheduled(),
+            _ => {}
         }
-        if decision.finish.state == events::RETRYING && decision.pause_until.is_none() {
-            self.metrics.retry_scheduled();
-        }
-        match &decision.finish.error {
-            Some((kind, message)) => tracing::warn!(
+        let state = verdict.state();
+        match &verdict {
+            Verdict::Succeeded { detail: text } | Verdict::Skipped { reason: text } => {
+                tracing::info!(
+                    configuration = %target.name, event = %job.event_type, lsid = ?job.lsid,
+                    %state, "{text}"
+                )
+            }
+            Verdict::Retry { error, .. }
+            | Verdict::Throttled { error, .. }
+            | Verdict::Failed { error } => tracing::warn!(
                 configuration = %target.name, event = %job.event_type, lsid = ?job.lsid,
-                attempt = job.attempt, state = decision.finish.state, "{kind}: {message}"
-            ),
-            None => tracing::info!(
-                configuration = %target.name, event = %job.event_type, lsid = ?job.lsid,
-                state = decision.finish.state, "{}", decision.finish.result.as_deref().unwrap_or("")
+                attempt = job.attempt, %state, "{}: {}", error.kind, error.message
             ),
         }
-        let finish = decision.finish;
+        let finish = verdict;
         let saved = self
             .store
             .call(move |conn| events::finish(conn, &job, &finish, now_ms()))

@@ -9,7 +9,7 @@ use plugin_api::PollRequest;
 
 use super::Engine;
 use crate::configurations::Target;
-use crate::store::events::{self, NewEvent};
+use crate::store::events::{self, NewEvent, Source};
 use crate::store::now_ms;
 
 impl Engine {
@@ -68,10 +68,16 @@ impl Engine {
         let id = target.id;
         let (cursor, _) = self
             .store
-            .call(move |conn| events::poll_cursor(conn, id))
+            .read(move |conn| events::poll_cursor(conn, id))
             .await
             .map_err(|e| e.to_string())?;
-        let cursor = cursor.and_then(|c| serde_json::from_str(&c).ok());
+        // A damaged cursor fails the poll, visibly: starting over would hide it.
+        let cursor = cursor
+            .map(|c| serde_json::from_str(&c))
+            .transpose()
+            .map_err(|e| {
+                format!("the stored polling cursor cannot be read ({e}); nothing was polled")
+            })?;
         let request = PollRequest {
             cursor,
             since: target.created_at / 1000,
@@ -82,12 +88,13 @@ impl Engine {
             .events
             .into_iter()
             .map(|e| NewEvent {
-                source: "polling",
-                dedup_key: Some(format!(
-                    "polling\u{1f}{id}\u{1f}{}\u{1f}{}\u{1f}{}",
-                    e.event_type,
-                    e.lsid.as_deref().unwrap_or(""),
-                    e.timestamp
+                source: Source::Polling,
+                dedup_key: Some(events::dedup_key(
+                    Source::Polling,
+                    &id.to_string(),
+                    &e.event_type,
+                    e.lsid.as_deref(),
+                    e.timestamp,
                 )),
                 appliance_id: target.policy.appliance_id.clone(),
                 event_type: e.event_type,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use plugin_api::{ErrorKind, EventSource, Outcome, PluginError};
 
 use crate::configurations::EventPolicy;
-use crate::store::events::{Finish, FAILED, RETRYING, SKIPPED, SUCCEEDED};
+use crate::store::events::{JobError, Verdict};
 
 /// Exponential backoff with jitter, between `min` and `max`.
 #[derive(Debug, Clone, Copy)]
@@ -29,74 +29,69 @@ impl Backoff {
     }
 }
 
-/// The decision after one attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    pub finish: Finish,
-    /// Pause the configuration's whole queue until then (ms).
-    pub pause_until: Option<i64>,
-}
-
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The attempt being decided on.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    pub source: EventSource,
+    pub event_type: &'a str,
+    /// Failures counted against the retry limit before this attempt.
+    pub failures_before: u32,
+    /// When the attempt ended (ms).
+    pub now: i64,
+}
+
+fn job_error(error: &PluginError, message: String) -> JobError {
+    JobError {
+        kind: error.kind.to_string(),
+        message,
+    }
+}
+
+/// What becomes of the job after `result`; `jitter` in [0, 1).
 pub fn decide(
     result: &Result<Outcome, PluginError>,
     policy: &EventPolicy,
-    source: EventSource,
-    event_type: &str,
-    failures_before: u32,
-    now: i64,
+    attempt: &Attempt<'_>,
     backoff: &Backoff,
     jitter: f64,
-) -> Decision {
-    let finish =
-        |state, next, result: Option<String>, error: Option<&PluginError>, counts, uncount| {
-            Finish {
-                state,
-                next_attempt_at: next,
-                result,
-                error: error.map(|e| (e.kind.to_string(), e.message.clone())),
-                counts_as_failure: counts,
-                uncount_attempt: uncount,
-            }
-        };
+) -> Verdict {
+    let now = attempt.now;
     let error = match result {
         Ok(Outcome::Done { detail }) => {
-            return Decision {
-                finish: finish(SUCCEEDED, now, Some(detail.clone()), None, false, false),
-                pause_until: None,
+            return Verdict::Succeeded {
+                detail: detail.clone(),
             }
         }
         Ok(Outcome::Skipped { reason }) => {
-            return Decision {
-                finish: finish(SKIPPED, now, Some(reason.clone()), None, false, false),
-                pause_until: None,
+            return Verdict::Skipped {
+                reason: reason.clone(),
             }
         }
         Err(e) => e,
     };
     if error.kind == ErrorKind::Throttled {
         // The remote asks us to slow down: not the event's failure, never counted.
-        let until = now + ms(error.retry_after.unwrap_or(DEFAULT_THROTTLE));
-        return Decision {
-            finish: finish(RETRYING, until, None, Some(error), false, true),
-            pause_until: Some(until),
+        return Verdict::Throttled {
+            until: now + ms(error.retry_after.unwrap_or(DEFAULT_THROTTLE)),
+            error: job_error(error, error.message.clone()),
         };
     }
-    let failures = failures_before + 1;
+    let failures = attempt.failures_before + 1;
     let worth_retrying = matches!(
         error.kind,
         ErrorKind::Retryable | ErrorKind::TimedOut | ErrorKind::Configuration
     );
     let why_not = if !worth_retrying {
         Some(format!("not retried: a {} error", error.kind))
-    } else if !policy.retries(source, event_type) {
+    } else if !policy.retries(attempt.source, attempt.event_type) {
         Some(format!(
-            "not retried: {event_type} is not among this configuration's retried {} event types",
-            match source {
+            "not retried: {} is not among this configuration's retried {} event types",
+            attempt.event_type,
+            match attempt.source {
                 EventSource::Outbound => "outbound",
                 EventSource::Polling => "polling",
             }
@@ -110,23 +105,16 @@ pub fn decide(
         None
     };
     match why_not {
-        Some(why) => {
-            let failed = PluginError {
-                message: format!("{} — {why}", error.message),
-                ..error.clone()
-            };
-            Decision {
-                finish: finish(FAILED, now, None, Some(&failed), true, false),
-                pause_until: None,
-            }
-        }
+        Some(why) => Verdict::Failed {
+            error: job_error(error, format!("{} — {why}", error.message)),
+        },
         None => {
             let delay = backoff
                 .delay(failures, jitter)
                 .max(error.retry_after.unwrap_or_default());
-            Decision {
-                finish: finish(RETRYING, now + ms(delay), None, Some(error), true, false),
-                pause_until: None,
+            Verdict::Retry {
+                at: now + ms(delay),
+                error: job_error(error, error.message.clone()),
             }
         }
     }
@@ -135,6 +123,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::events::JobState;
 
     const BACKOFF: Backoff = Backoff {
         min: Duration::from_secs(30),
@@ -159,17 +148,33 @@ mod tests {
         policy: &EventPolicy,
         source: EventSource,
         failures: u32,
-    ) -> Decision {
+    ) -> Verdict {
         decide(
             &Err(e),
             policy,
-            source,
-            END,
-            failures,
-            1_000_000,
+            &attempt(source, failures, 1_000_000),
             &BACKOFF,
             0.5,
         )
+    }
+
+    fn attempt(source: EventSource, failures_before: u32, now: i64) -> Attempt<'static> {
+        Attempt {
+            source,
+            event_type: END,
+            failures_before,
+            now,
+        }
+    }
+
+    /// The state and the time of the next attempt, when there is one.
+    fn next(v: &Verdict) -> (JobState, Option<i64>) {
+        let at = match v {
+            Verdict::Retry { at, .. } => Some(*at),
+            Verdict::Throttled { until, .. } => Some(*until),
+            _ => None,
+        };
+        (v.state(), at)
     }
 
     #[test]
@@ -195,30 +200,27 @@ mod tests {
             EventSource::Outbound,
             0,
         );
-        assert_eq!(
-            (d.finish.state, d.finish.next_attempt_at),
-            (RETRYING, 1_000_000 + 30_000)
+        assert_eq!(next(&d), (JobState::Retrying, Some(1_000_000 + 30_000)));
+        assert!(
+            matches!(d, Verdict::Retry { .. }),
+            "counts as a failure: {d:?}"
         );
-        assert!(d.finish.counts_as_failure);
         let d = decide_err(
             PluginError::retryable("503"),
             &policy(2),
             EventSource::Outbound,
             1,
         );
-        assert_eq!(
-            (d.finish.state, d.finish.next_attempt_at),
-            (RETRYING, 1_000_000 + 60_000)
-        );
+        assert_eq!(next(&d), (JobState::Retrying, Some(1_000_000 + 60_000)));
         let d = decide_err(
             PluginError::retryable("503"),
             &policy(2),
             EventSource::Outbound,
             2,
         );
-        assert_eq!(d.finish.state, FAILED);
+        assert_eq!(d.state(), JobState::Failed);
         assert_eq!(
-            d.finish.error.map(|e| e.1).as_deref(),
+            d.error().map(|e| e.message.as_str()),
             Some("503 — gave up after 2 retries (the Retry Attempt Limit)")
         );
     }
@@ -231,9 +233,9 @@ mod tests {
             EventSource::Polling,
             0,
         );
-        assert_eq!(d.finish.state, FAILED);
+        assert_eq!(d.state(), JobState::Failed);
         assert_eq!(
-            d.finish.error.map(|e| e.1).as_deref(),
+            d.error().map(|e| e.message.as_str()),
             Some("503 — not retried: support_conference_end is not among this configuration's retried polling event types")
         );
     }
@@ -245,7 +247,7 @@ mod tests {
             PluginError::new(ErrorKind::Panicked, "boom"),
         ] {
             let d = decide_err(e, &policy(5), EventSource::Outbound, 0);
-            assert_eq!(d.finish.state, FAILED);
+            assert_eq!(d.state(), JobState::Failed);
         }
     }
 
@@ -253,17 +255,28 @@ mod tests {
     fn a_retry_waits_at_least_what_the_plugin_asks() {
         let e = PluginError::retryable("busy").retry_after(Duration::from_secs(90));
         let d = decide_err(e, &policy(3), EventSource::Outbound, 0);
-        assert_eq!(d.finish.next_attempt_at, 1_000_000 + 90_000);
+        assert_eq!(next(&d).1, Some(1_000_000 + 90_000));
     }
 
     #[test]
     fn throttling_pauses_the_queue_without_counting_a_failure() {
         let e = PluginError::throttled("429", Duration::from_secs(7));
         let d = decide_err(e, &policy(0), EventSource::Outbound, 0);
-        assert_eq!(d.finish.state, RETRYING, "even with no retries allowed");
-        assert_eq!(d.pause_until, Some(1_007_000));
-        assert!(!d.finish.counts_as_failure);
-        assert!(d.finish.uncount_attempt);
+        assert_eq!(
+            d.state(),
+            JobState::Retrying,
+            "even with no retries allowed"
+        );
+        assert!(
+            matches!(
+                d,
+                Verdict::Throttled {
+                    until: 1_007_000,
+                    ..
+                }
+            ),
+            "the queue pauses; neither a failure nor a run is counted: {d:?}"
+        );
     }
 
     #[test]
@@ -273,29 +286,25 @@ mod tests {
                 reason: "no case".into(),
             }),
             &policy(1),
-            EventSource::Outbound,
-            END,
-            0,
-            5,
+            &attempt(EventSource::Outbound, 0, 5),
             &BACKOFF,
             0.5,
         );
         assert_eq!(
-            (d.finish.state, d.finish.result.as_deref()),
-            (SKIPPED, Some("no case"))
+            d,
+            Verdict::Skipped {
+                reason: "no case".into()
+            }
         );
         let d = decide(
             &Ok(Outcome::Done {
                 detail: "row".into(),
             }),
             &policy(1),
-            EventSource::Outbound,
-            END,
-            0,
-            5,
+            &attempt(EventSource::Outbound, 0, 5),
             &BACKOFF,
             0.5,
         );
-        assert_eq!(d.finish.state, SUCCEEDED);
+        assert_eq!(d.state(), JobState::Succeeded);
     }
 }

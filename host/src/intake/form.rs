@@ -22,12 +22,12 @@ pub struct IncomingEvent {
 impl IncomingEvent {
     /// The same event delivered twice has the same key.
     pub fn dedup_key(&self) -> String {
-        format!(
-            "outbound\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
-            self.appliance_id,
-            self.event_type,
-            self.lsid.as_deref().unwrap_or(""),
-            self.timestamp
+        crate::store::events::dedup_key(
+            crate::store::events::Source::Outbound,
+            &self.appliance_id,
+            &self.event_type,
+            self.lsid.as_deref(),
+            self.timestamp,
         )
     }
 }

@@ -29,7 +29,7 @@ use crate::configurations::Configurations;
 use crate::metrics::{Metrics, Received};
 use crate::serve::{read_body, BodyError};
 use crate::settings::{HostSettings, IpNet, SecretString};
-use crate::store::events::{NewEvent, Routing, Stored};
+use crate::store::events::{NewEvent, Routing, Source, Stored};
 use crate::store::Store;
 pub use writer::Writer;
 
@@ -240,7 +240,7 @@ async fn accept(
         Routing::To(targets)
     };
     let event = NewEvent {
-        source: "outbound",
+        source: Source::Outbound,
         dedup_key: Some(incoming.dedup_key()),
         appliance_id: incoming.appliance_id,
         event_type: incoming.event_type,

@@ -95,7 +95,7 @@ pub(crate) fn get(conn: &Connection, id: i64) -> Result<ConfigurationRow, StoreE
 
 impl Store {
     pub async fn list_configurations(&self) -> Result<Vec<ConfigurationRow>, StoreError> {
-        self.call(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare(&format!(
                 "SELECT {COLUMNS} FROM configurations ORDER BY plugin, name COLLATE NOCASE, id"
             ))?;
@@ -108,7 +108,7 @@ impl Store {
     }
 
     pub async fn get_configuration(&self, id: i64) -> Result<ConfigurationRow, StoreError> {
-        self.call(move |conn| get(conn, id)).await
+        self.read(move |conn| get(conn, id)).await
     }
 
     pub async fn insert_configuration(

@@ -9,25 +9,30 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use serde::Serialize;
 
+pub use super::kinds::{AttemptOutcome, JobState, Source};
+use super::kinds::{FINISHED_SQL, UNFINISHED_SQL, WAITING_SQL};
 use super::StoreError;
 
-pub const PENDING: &str = "pending";
-pub const RUNNING: &str = "running";
-pub const SUCCEEDED: &str = "succeeded";
-pub const SKIPPED: &str = "skipped";
-pub const RETRYING: &str = "retrying";
-pub const FAILED: &str = "failed";
-pub const IGNORED: &str = "ignored";
-
-/// Every job state, for validating filters.
-pub const STATES: &[&str] = &[
-    PENDING, RUNNING, SUCCEEDED, SKIPPED, RETRYING, FAILED, IGNORED,
-];
+/// The key under which an event is stored once: the same event delivered again (or
+/// found again by a poll) has the same key. `scope` is the appliance id for outbound
+/// events and the configuration id for polled ones.
+pub fn dedup_key(
+    source: Source,
+    scope: &str,
+    event_type: &str,
+    lsid: Option<&str>,
+    timestamp: i64,
+) -> String {
+    format!(
+        "{source}\u{1f}{scope}\u{1f}{event_type}\u{1f}{}\u{1f}{timestamp}",
+        lsid.unwrap_or("")
+    )
+}
 
 /// An event as it is stored.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub source: &'static str,
+    pub source: Source,
     pub appliance_id: String,
     pub event_type: String,
     pub lsid: Option<String>,
@@ -56,7 +61,10 @@ fn insert_one(
     routing: &Routing,
     now: i64,
 ) -> Result<Stored, StoreError> {
-    let fields = serde_json::to_string(&event.fields).unwrap_or_else(|_| "{}".into());
+    let fields = serde_json::to_string(&event.fields).map_err(|source| StoreError::Corrupt {
+        what: "an event's fields".into(),
+        source,
+    })?;
     let inserted = tx.execute(
         "INSERT INTO events (source, appliance_id, event_type, lsid, timestamp, fields, received_at, dedup_key)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (dedup_key) DO NOTHING",
@@ -92,7 +100,7 @@ fn insert_one(
                     event.source,
                     event.event_type,
                     event.lsid,
-                    PENDING,
+                    JobState::Pending,
                     now,
                     None::<String>
                 ])?;
@@ -117,7 +125,7 @@ fn insert_one(
             event.source,
             event.event_type,
             event.lsid,
-            IGNORED,
+            JobState::Ignored,
             now,
             reason
         ])?;
@@ -204,15 +212,15 @@ pub struct Due {
 }
 
 pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<Due>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT j.id, j.configuration_id FROM jobs j
-         WHERE j.state IN ('pending', 'retrying') AND j.next_attempt_at <= ?1 AND j.configuration_id IS NOT NULL
+         WHERE j.state IN {WAITING_SQL} AND j.next_attempt_at <= ?1 AND j.configuration_id IS NOT NULL
            AND (j.lsid IS NULL OR NOT EXISTS (
                 SELECT 1 FROM jobs k
                 WHERE k.configuration_id = j.configuration_id AND k.lsid = j.lsid AND k.id < j.id
-                  AND k.state IN ('pending', 'running', 'retrying')))
-         ORDER BY j.id LIMIT ?2",
-    )?;
+                  AND k.state IN {UNFINISHED_SQL}))
+         ORDER BY j.id LIMIT ?2"
+    ))?;
     let rows = stmt
         .query_map(params![now, limit as i64], |r| {
             Ok(Due {
@@ -227,7 +235,7 @@ pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<Due>, StoreE
 /// When the next waiting job falls due (ms), if any.
 pub fn next_due_at(conn: &Connection) -> Result<Option<i64>, StoreError> {
     Ok(conn.query_row(
-        "SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ('pending', 'retrying') AND configuration_id IS NOT NULL",
+        &format!("SELECT MIN(next_attempt_at) FROM jobs WHERE state IN {WAITING_SQL} AND configuration_id IS NOT NULL"),
         [],
         |r| r.get(0),
     )?)
@@ -241,7 +249,7 @@ pub struct Claimed {
     pub attempt: u32,
     pub failures: u32,
     pub event_id: i64,
-    pub source: String,
+    pub source: Source,
     pub appliance_id: String,
     pub event_type: String,
     pub lsid: Option<String>,
@@ -249,79 +257,147 @@ pub struct Claimed {
     pub fields: BTreeMap<String, String>,
 }
 
-/// Marks a due job running and opens its attempt; `None` if another worker got it.
+/// Marks a due job running and opens its attempt; `None` if another worker got it,
+/// or if its stored event cannot be read (the job then fails, saying why).
 pub fn claim(conn: &mut Connection, job_id: i64, now: i64) -> Result<Option<Claimed>, StoreError> {
     let tx = conn.transaction()?;
     let changed = tx.execute(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ?2
-         WHERE id = ?1 AND state IN ('pending', 'retrying')",
-        params![job_id, now],
+        &format!(
+            "UPDATE jobs SET state = ?3, attempts = attempts + 1, updated_at = ?2
+             WHERE id = ?1 AND state IN {WAITING_SQL}"
+        ),
+        params![job_id, now, JobState::Running],
     )?;
     if changed == 0 {
         return Ok(None);
     }
-    let mut claimed = tx.query_row(
+    let (mut claimed, fields) = tx.query_row(
         "SELECT j.id, j.attempts, j.failures, e.id, e.source, e.appliance_id, e.event_type, e.lsid, e.timestamp, e.fields
          FROM jobs j JOIN events e ON e.id = j.event_id WHERE j.id = ?1",
         [job_id],
         |r| {
-            let fields: String = r.get(9)?;
-            Ok(Claimed {
-                job_id: r.get(0)?,
-                attempt_id: 0,
-                attempt: r.get(1)?,
-                failures: r.get(2)?,
-                event_id: r.get(3)?,
-                source: r.get(4)?,
-                appliance_id: r.get(5)?,
-                event_type: r.get(6)?,
-                lsid: r.get(7)?,
-                timestamp: r.get(8)?,
-                fields: serde_json::from_str(&fields).unwrap_or_default(),
-            })
+            Ok((
+                Claimed {
+                    job_id: r.get(0)?,
+                    attempt_id: 0,
+                    attempt: r.get(1)?,
+                    failures: r.get(2)?,
+                    event_id: r.get(3)?,
+                    source: r.get(4)?,
+                    appliance_id: r.get(5)?,
+                    event_type: r.get(6)?,
+                    lsid: r.get(7)?,
+                    timestamp: r.get(8)?,
+                    fields: BTreeMap::new(),
+                },
+                r.get::<_, String>(9)?,
+            ))
         },
     )?;
+    match serde_json::from_str(&fields) {
+        Ok(fields) => claimed.fields = fields,
+        Err(e) => {
+            // Never hand a plugin an event emptied by a damaged row: fail it visibly.
+            let reason = format!("the stored event cannot be read (its fields are not valid JSON: {e}); it was not processed");
+            tracing::error!(job = job_id, "{reason}");
+            tx.execute(
+                "UPDATE jobs SET state = ?2, last_error = ?3, updated_at = ?4 WHERE id = ?1",
+                params![job_id, JobState::Failed, reason, now],
+            )?;
+            tx.commit()?;
+            return Ok(None);
+        }
+    }
     tx.execute(
-        "INSERT INTO attempts (job_id, number, started_at, outcome) VALUES (?1, ?2, ?3, 'running')",
-        params![job_id, claimed.attempt, now],
+        "INSERT INTO attempts (job_id, number, started_at, outcome) VALUES (?1, ?2, ?3, ?4)",
+        params![job_id, claimed.attempt, now, AttemptOutcome::Running],
     )?;
     claimed.attempt_id = tx.last_insert_rowid();
     tx.commit()?;
     Ok(Some(claimed))
 }
 
-/// How an attempt ended and what becomes of its job.
+/// An attempt's error as the history keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finish {
-    pub state: &'static str,
-    pub next_attempt_at: i64,
-    pub result: Option<String>,
-    pub error: Option<(String, String)>,
-    /// Whether this attempt counts against the retry limit.
-    pub counts_as_failure: bool,
-    /// A throttled attempt is not counted as a run either.
-    pub uncount_attempt: bool,
+pub struct JobError {
+    /// The plugin's error kind (`retryable`, `permanent`, `throttled`, ...).
+    pub kind: String,
+    pub message: String,
 }
 
+/// What becomes of a job after an attempt (see `engine::retry::decide`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Succeeded {
+        detail: String,
+    },
+    Skipped {
+        reason: String,
+    },
+    /// Runs again at `at` (ms); the attempt counts against the retry limit.
+    Retry {
+        at: i64,
+        error: JobError,
+    },
+    /// The remote asked to slow down: the configuration's queue pauses until `until`
+    /// (ms) and the attempt counts neither as a run nor as a failure.
+    Throttled {
+        until: i64,
+        error: JobError,
+    },
+    /// Done trying; `error.message` says why.
+    Failed {
+        error: JobError,
+    },
+}
+
+impl Verdict {
+    /// The job's state after this verdict.
+    pub fn state(&self) -> JobState {
+        match self {
+            Self::Succeeded { .. } => JobState::Succeeded,
+            Self::Skipped { .. } => JobState::Skipped,
+            Self::Retry { .. } | Self::Throttled { .. } => JobState::Retrying,
+            Self::Failed { .. } => JobState::Failed,
+        }
+    }
+
+    pub fn error(&self) -> Option<&JobError> {
+        match self {
+            Self::Retry { error, .. } | Self::Throttled { error, .. } | Self::Failed { error } => {
+                Some(error)
+            }
+            Self::Succeeded { .. } | Self::Skipped { .. } => None,
+        }
+    }
+}
+
+/// Records how an attempt ended and what becomes of its job.
 pub fn finish(
     conn: &mut Connection,
     claimed: &Claimed,
-    finish: &Finish,
+    verdict: &Verdict,
     now: i64,
 ) -> Result<(), StoreError> {
+    let (outcome, result, next_attempt_at, failure, uncount) = match verdict {
+        Verdict::Succeeded { detail } => (AttemptOutcome::Succeeded, Some(detail), now, 0, 0),
+        Verdict::Skipped { reason } => (AttemptOutcome::Skipped, Some(reason), now, 0, 0),
+        Verdict::Retry { at, .. } => (AttemptOutcome::Error, None, *at, 1, 0),
+        Verdict::Throttled { until, .. } => (AttemptOutcome::Error, None, *until, 0, 1),
+        Verdict::Failed { .. } => (AttemptOutcome::Error, None, now, 1, 0),
+    };
+    let error = verdict.error();
     let tx = conn.transaction()?;
-    let (kind, message) = match &finish.error {
-        Some((k, m)) => (Some(k.as_str()), Some(m.as_str())),
-        None => (None, None),
-    };
-    let outcome = match finish.state {
-        SUCCEEDED => "succeeded",
-        SKIPPED => "skipped",
-        _ => "error",
-    };
     tx.execute(
         "UPDATE attempts SET finished_at = ?2, outcome = ?3, error_kind = ?4, message = COALESCE(?5, ?6) WHERE id = ?1",
-        params![claimed.attempt_id, now, outcome, kind, message, finish.result],
+        params![
+            claimed.attempt_id,
+            now,
+            outcome,
+            error.map(|e| &e.kind),
+            error.map(|e| &e.message),
+            result
+        ],
     )?;
     tx.execute(
         "UPDATE jobs SET state = ?2, next_attempt_at = ?3, result = ?4, last_error = ?5,
@@ -329,12 +405,12 @@ pub fn finish(
          WHERE id = ?1",
         params![
             claimed.job_id,
-            finish.state,
-            finish.next_attempt_at,
-            finish.result,
-            message,
-            i64::from(finish.counts_as_failure),
-            i64::from(finish.uncount_attempt),
+            verdict.state(),
+            next_attempt_at,
+            result,
+            error.map(|e| &e.message),
+            failure,
+            uncount,
             now
         ],
     )?;
@@ -346,14 +422,14 @@ pub fn finish(
 pub fn recover(conn: &mut Connection, now: i64) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
     tx.execute(
-        "UPDATE attempts SET outcome = 'interrupted', finished_at = ?1,
+        "UPDATE attempts SET outcome = ?2, finished_at = ?1,
                 message = 'the engine stopped during this attempt; it runs again'
          WHERE outcome = 'running'",
-        [now],
+        params![now, AttemptOutcome::Interrupted],
     )?;
     let jobs = tx.execute(
-        "UPDATE jobs SET state = 'pending', next_attempt_at = ?1, updated_at = ?1 WHERE state = 'running'",
-        [now],
+        "UPDATE jobs SET state = ?2, next_attempt_at = ?1, updated_at = ?1 WHERE state = ?3",
+        params![now, JobState::Pending, JobState::Running],
     )?;
     tx.commit()?;
     Ok(jobs)
@@ -377,9 +453,11 @@ pub fn delete_configuration(
         return Err(StoreError::NotFound);
     }
     let failed = tx.execute(
-        "UPDATE jobs SET state = 'failed', last_error = ?2, updated_at = ?3
-         WHERE configuration_id = ?1 AND state IN ('pending', 'retrying')",
-        params![configuration_id, reason, now],
+        &format!(
+            "UPDATE jobs SET state = ?4, last_error = ?2, updated_at = ?3
+             WHERE configuration_id = ?1 AND state IN {WAITING_SQL}"
+        ),
+        params![configuration_id, reason, now, JobState::Failed],
     )?;
     tx.execute(
         "DELETE FROM poll_cursors WHERE configuration_id = ?1",
@@ -396,11 +474,11 @@ pub struct JobView {
     pub event_id: i64,
     pub configuration_id: Option<i64>,
     pub configuration_name: Option<String>,
-    pub source: String,
+    pub source: Source,
     pub appliance_id: String,
     pub event_type: String,
     pub lsid: Option<String>,
-    pub state: String,
+    pub state: JobState,
     pub attempts: i64,
     pub last_error: Option<String>,
     pub result: Option<String>,
@@ -414,7 +492,7 @@ pub struct AttemptView {
     pub number: i64,
     pub started_at: i64,
     pub finished_at: Option<i64>,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub error_kind: Option<String>,
     pub message: Option<String>,
 }
@@ -423,7 +501,7 @@ const VIEW_COLUMNS: &str = "j.id, j.event_id, j.configuration_id, j.configuratio
     j.event_type, j.lsid, j.state, j.attempts, j.last_error, j.result, j.next_attempt_at, j.received_at, j.updated_at";
 
 fn view(r: &Row<'_>) -> rusqlite::Result<JobView> {
-    let state: String = r.get(8)?;
+    let state: JobState = r.get(8)?;
     let next: i64 = r.get(12)?;
     Ok(JobView {
         id: r.get(0)?,
@@ -434,7 +512,7 @@ fn view(r: &Row<'_>) -> rusqlite::Result<JobView> {
         appliance_id: r.get(5)?,
         event_type: r.get(6)?,
         lsid: r.get(7)?,
-        next_attempt_at: (state == RETRYING || state == PENDING).then_some(next),
+        next_attempt_at: state.is_waiting().then_some(next),
         state,
         attempts: r.get(9)?,
         last_error: r.get(10)?,
@@ -448,13 +526,13 @@ fn view(r: &Row<'_>) -> rusqlite::Result<JobView> {
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub configuration_id: Option<i64>,
-    pub state: Option<String>,
+    pub state: Option<JobState>,
     pub lsid: Option<String>,
     pub since: Option<i64>,
     pub limit: usize,
 }
 
-pub fn list(conn: &Connection, filter: &Filter) -> Result<Vec<JobView>, StoreError> {
+fn list_query(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
     let mut sql =
         format!("SELECT {VIEW_COLUMNS} FROM jobs j JOIN events e ON e.id = j.event_id WHERE 1 = 1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -462,8 +540,8 @@ pub fn list(conn: &Connection, filter: &Filter) -> Result<Vec<JobView>, StoreErr
         args.push(id.into());
         sql.push_str(&format!(" AND j.configuration_id = ?{}", args.len()));
     }
-    if let Some(state) = &filter.state {
-        args.push(state.clone().into());
+    if let Some(state) = filter.state {
+        args.push(state.as_str().to_owned().into());
         sql.push_str(&format!(" AND j.state = ?{}", args.len()));
     }
     if let Some(lsid) = &filter.lsid {
@@ -472,11 +550,21 @@ pub fn list(conn: &Connection, filter: &Filter) -> Result<Vec<JobView>, StoreErr
     }
     if let Some(since) = filter.since {
         args.push(since.into());
-        sql.push_str(&format!(" AND j.received_at >= ?{}", args.len()));
+        // The id bound is exact (the smallest id of any job received since then) and
+        // lets the newest-first walk stop there instead of scanning all the history.
+        let n = args.len();
+        sql.push_str(&format!(
+            " AND j.received_at >= ?{n} AND j.id >= (SELECT MIN(id) FROM jobs WHERE received_at >= ?{n})"
+        ));
     }
     args.push((filter.limit as i64).into());
     sql.push_str(&format!(" ORDER BY j.id DESC LIMIT ?{}", args.len()));
-    let mut stmt = conn.prepare(&sql)?;
+    (sql, args)
+}
+
+pub fn list(conn: &Connection, filter: &Filter) -> Result<Vec<JobView>, StoreError> {
+    let (sql, args) = list_query(filter);
+    let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(args), view)?
         .collect::<Result<Vec<_>, _>>()?;
@@ -519,21 +607,24 @@ pub fn event_fields(
         conn.query_row("SELECT fields FROM events WHERE id = ?1", [event_id], |r| {
             r.get(0)
         })?;
-    Ok(serde_json::from_str(&fields).unwrap_or_default())
+    serde_json::from_str(&fields).map_err(|source| StoreError::Corrupt {
+        what: format!("the fields of event {event_id}"),
+        source,
+    })
 }
 
 /// Why a job cannot be retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotRetried {
     /// Only failed jobs are retried; this is its state.
-    NotFailed(String),
+    NotFailed(JobState),
     /// Its configuration was deleted (or it was never routed to one).
     NoConfiguration,
 }
 
 /// Puts a failed job back in the queue, with a fresh retry budget.
 pub fn retry(conn: &Connection, id: i64, now: i64) -> Result<Result<(), NotRetried>, StoreError> {
-    let job: Option<(String, bool)> = conn
+    let job: Option<(JobState, bool)> = conn
         .query_row(
             "SELECT j.state, EXISTS (SELECT 1 FROM configurations c WHERE c.id = j.configuration_id)
              FROM jobs j WHERE j.id = ?1",
@@ -543,12 +634,12 @@ pub fn retry(conn: &Connection, id: i64, now: i64) -> Result<Result<(), NotRetri
         .optional()?;
     match job {
         None => Err(StoreError::NotFound),
-        Some((state, _)) if state != FAILED => Ok(Err(NotRetried::NotFailed(state))),
+        Some((state, _)) if state != JobState::Failed => Ok(Err(NotRetried::NotFailed(state))),
         Some((_, false)) => Ok(Err(NotRetried::NoConfiguration)),
         Some(_) => {
             conn.execute(
-                "UPDATE jobs SET state = 'pending', failures = 0, next_attempt_at = ?2, updated_at = ?2 WHERE id = ?1",
-                params![id, now],
+                "UPDATE jobs SET state = ?3, failures = 0, next_attempt_at = ?2, updated_at = ?2 WHERE id = ?1",
+                params![id, now, JobState::Pending],
             )?;
             Ok(Ok(()))
         }
@@ -568,11 +659,11 @@ pub fn prune_step(conn: &mut Connection, before: i64, limit: usize) -> Result<us
     let tx = conn.transaction()?;
     let due: Vec<(i64, i64)> = {
         // INDEXED BY: fail loudly rather than fall back to a scan if the index went.
-        let mut stmt = tx.prepare_cached(
+        let mut stmt = tx.prepare_cached(&format!(
             "SELECT id, event_id FROM jobs INDEXED BY jobs_prunable
-             WHERE state IN ('succeeded', 'skipped', 'failed', 'ignored') AND updated_at < ?1
-             ORDER BY updated_at LIMIT ?2",
-        )?;
+             WHERE state IN {FINISHED_SQL} AND updated_at < ?1
+             ORDER BY updated_at LIMIT ?2"
+        ))?;
         let rows = stmt
             .query_map(params![before, limit as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -600,11 +691,12 @@ pub fn prune_step(conn: &mut Connection, before: i64, limit: usize) -> Result<us
 }
 
 /// Jobs per state, for the metrics.
-pub fn counts_by_state(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+pub fn counts_by_state(conn: &Connection) -> Result<Vec<(JobState, i64)>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-    let rows = stmt
+    let mut rows = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
+    rows.sort();
     Ok(rows)
 }
 
@@ -631,7 +723,7 @@ mod tests {
 
     fn event(lsid: &str, ts: i64) -> NewEvent {
         NewEvent {
-            source: "outbound",
+            source: Source::Outbound,
             appliance_id: "Default".into(),
             event_type: "support_conference_end".into(),
             lsid: Some(lsid.into()),
@@ -674,10 +766,7 @@ mod tests {
             }
         );
         let counts = counts_by_state(&conn).expect("counts");
-        assert_eq!(
-            counts,
-            vec![("ignored".to_owned(), 1), ("pending".to_owned(), 1)]
-        );
+        assert_eq!(counts, vec![(JobState::Pending, 1), (JobState::Ignored, 1)]);
     }
 
     #[test]
@@ -706,13 +795,8 @@ mod tests {
             vec![3, 4],
             "still waiting while job 1 runs"
         );
-        let done = Finish {
-            state: SUCCEEDED,
-            next_attempt_at: 12,
-            result: Some("ok".into()),
-            error: None,
-            counts_as_failure: false,
-            uncount_attempt: false,
+        let done = Verdict::Succeeded {
+            detail: "ok".into(),
         };
         finish(&mut conn, &claimed, &done, 12).expect("finish");
         assert_eq!(ids(due(&conn, 12, 10).expect("due")), vec![2, 3, 4]);
@@ -736,19 +820,14 @@ mod tests {
             attempt_id: 2,
             ..claimed.clone()
         };
-        let done = Finish {
-            state: SUCCEEDED,
-            next_attempt_at: 12,
-            result: None,
-            error: None,
-            counts_as_failure: false,
-            uncount_attempt: false,
+        let done = Verdict::Succeeded {
+            detail: String::new(),
         };
         finish(&mut conn, &claimed2, &done, 12).expect("finish");
         assert_eq!(recover(&mut conn, 20).expect("recover"), 1);
         let (job, attempts) = get(&conn, 1).expect("job");
-        assert_eq!(job.state, PENDING);
-        assert_eq!(attempts[0].outcome, "interrupted");
+        assert_eq!(job.state, JobState::Pending);
+        assert_eq!(attempts[0].outcome, AttemptOutcome::Interrupted);
         assert_eq!(
             prune_step(&mut conn, 13, PRUNE_BATCH).expect("prune"),
             1,
@@ -797,7 +876,7 @@ mod tests {
                 jobs: 0
             }
         );
-        let jobs: Vec<(Option<i64>, String, Option<String>)> = conn
+        let jobs: Vec<(Option<i64>, JobState, Option<String>)> = conn
             .prepare("SELECT configuration_id, state, last_error FROM jobs ORDER BY id")
             .expect("prepare")
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -809,13 +888,13 @@ mod tests {
             vec![
                 (
                     Some(1),
-                    FAILED.to_owned(),
+                    JobState::Failed,
                     Some("the configuration was deleted".to_owned())
                 ),
-                (Some(2), PENDING.to_owned(), None),
+                (Some(2), JobState::Pending, None),
                 (
                     None,
-                    IGNORED.to_owned(),
+                    JobState::Ignored,
                     Some("the configuration c1 was deleted as the event arrived".to_owned())
                 ),
             ]
@@ -866,6 +945,51 @@ mod tests {
                 plan.iter().all(|step| !step.starts_with("SCAN")
                     || partial.iter().any(|index| step.contains(index))),
                 "{sql}: {plan:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_history_filter_is_served_by_an_index() {
+        let (_dir, conn) = store();
+        let filters = [
+            Filter {
+                configuration_id: Some(1),
+                ..Filter::default()
+            },
+            Filter {
+                state: Some(JobState::Failed),
+                ..Filter::default()
+            },
+            Filter {
+                lsid: Some("s".into()),
+                ..Filter::default()
+            },
+            Filter {
+                since: Some(5),
+                ..Filter::default()
+            },
+        ];
+        for filter in filters {
+            let (sql, args) = list_query(&Filter {
+                limit: 10,
+                ..filter.clone()
+            });
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("plan")
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            let jobs_step = plan
+                .iter()
+                .find(|step| step.contains(" j "))
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                jobs_step.starts_with("SEARCH j USING"),
+                "{filter:?}: {plan:?}"
             );
         }
     }

@@ -102,6 +102,10 @@ const MIGRATIONS: &[&str] = &[
             UNION ALL SELECT MAX(configuration_id) FROM jobs
             UNION ALL SELECT MAX(configuration_id) FROM poll_cursors
         );",
+    // 5: every filter of the history served by an index (newest first within it).
+    "CREATE INDEX jobs_state_history ON jobs (state, id);
+    CREATE INDEX jobs_lsid_history ON jobs (lsid, id);
+    CREATE INDEX jobs_received ON jobs (received_at);",
 ];
 
 pub(super) fn apply(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@
 
 mod configurations;
 pub mod events;
+mod kinds;
 mod migrations;
 
 use std::path::{Path, PathBuf};
@@ -35,16 +36,31 @@ pub enum StoreError {
     DuplicateName { name: String },
     #[error("not found")]
     NotFound,
+    #[error("{what} in the database cannot be read: {source}")]
+    Corrupt {
+        what: String,
+        source: serde_json::Error,
+    },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("the store's worker thread failed: {0}")]
     Worker(String),
 }
 
+/// Read-only connections kept for the history and other reads: in WAL mode they read
+/// while the writer commits, so a large history query never holds up intake.
+const READERS: usize = 2;
+
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    readers: Arc<Readers>,
     path: PathBuf,
+}
+
+struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Store {
@@ -67,14 +83,48 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrations::apply(&mut conn, &path)?;
+        let readers = (0..READERS)
+            .map(|_| open_reader(&path).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::new(Readers {
+                conns: readers,
+                next: std::sync::atomic::AtomicUsize::new(0),
+            }),
             path,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs `f` on a read-only connection on a blocking thread; it sees every commit
+    /// made before it starts and never waits for the writer.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let first = readers
+                .next
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Take a free reader if there is one, else wait for ours.
+            let count = readers.conns.len();
+            let free = (0..count).find_map(|i| readers.conns[(first + i) % count].try_lock().ok());
+            let guard = match free {
+                Some(guard) => guard,
+                None => readers.conns[first % count]
+                    .lock()
+                    .map_err(|_| StoreError::Worker("a previous database read panicked".into()))?,
+            };
+            f(&guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
     }
 
     /// Runs `f` with the connection on a blocking thread.
@@ -152,6 +202,16 @@ mod private {
     pub fn create_file(_path: &Path) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
 }
 
 /// Milliseconds since the Unix epoch, the store's one time format.
