@@ -1,19 +1,25 @@
-//! Assembles the engine from its parts and runs it until shutdown.
+//! Assembles the engine from its parts ([`App::build`]: store, plugins, engine, both
+//! addresses bound) apart from running it until shutdown ([`App::run_until`]), so that
+//! tests can build it on port 0 and drive it in-process.
 
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::admin::AdminState;
 use crate::configurations::{ConfigError, Configurations, Live};
-use crate::engine::Engine;
+use crate::engine::{Engine, Wakeup};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::plugins::runner::CallLimits;
 use crate::plugins::Registry;
 use crate::secrets::{SecretBox, SecretsError};
+use crate::serve::Limits;
 use crate::settings::HostSettings;
 use crate::store::{Store, StoreError};
 
@@ -33,134 +39,191 @@ pub enum StartError {
     },
 }
 
-/// Runs the engine until Ctrl-C or SIGTERM.
-pub async fn run(settings: HostSettings) -> Result<(), StartError> {
-    let plugins_dir = settings.plugins_dir.clone();
-    let registry = tokio::task::spawn_blocking(move || Registry::scan(&plugins_dir))
-        .await
-        .unwrap_or_default();
-    if let Some(problem) = &registry.problem {
-        tracing::warn!("{problem}; starting with no plugins");
-    }
-    let store = Store::open(&settings.data_dir)?;
-    let secrets = SecretBox::open_or_create(&settings.data_dir)?;
-    let limits = CallLimits {
-        timeout: settings.plugin_call_timeout,
-        concurrency: settings.plugin_concurrency,
-    };
-    let configurations = Arc::new(Configurations::new(
-        store.clone(),
-        secrets,
-        Arc::new(registry),
-        Live::new(limits),
-    ));
-    configurations.start_all().await?;
+/// One bound address and what it serves.
+struct Address {
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+}
 
-    let metrics = Arc::new(Metrics::default());
-    let engine = Engine::new(
-        store.clone(),
-        Arc::clone(&configurations),
-        Arc::clone(&metrics),
-        &settings,
-    );
-    let waker = Arc::clone(&engine);
-    configurations.set_on_change(Box::new(move |id| waker.configuration_changed(id)));
-    engine.start().await?;
-    let waker = Arc::clone(&engine);
-    let intake = Arc::new(Intake::new(
-        store.clone(),
-        Arc::clone(&configurations),
-        Arc::clone(&metrics),
-        &settings,
-        Box::new(move || waker.wake()),
-    ));
+/// The engine, built: plugins loaded, configurations open, the engine's loops
+/// started, both addresses listening. Nothing is served until [`App::run_until`].
+pub struct App {
+    admin: Address,
+    events: Address,
+    admin_addr: SocketAddr,
+    events_addr: SocketAddr,
+    intake: Arc<Intake>,
+    engine: Arc<Engine>,
+    shutdown_grace: Duration,
+}
 
-    let open_files = crate::serve::raise_open_files_limit();
-    let (event_connections, admin_connections) = crate::serve::fit_connections(
-        settings.event_max_connections,
-        settings.admin_max_connections,
-        open_files,
-    );
-    if (event_connections, admin_connections)
-        != (
+impl App {
+    pub async fn build(settings: &HostSettings) -> Result<Self, StartError> {
+        let plugins_dir = settings.plugins_dir.clone();
+        let registry = tokio::task::spawn_blocking(move || Registry::scan(&plugins_dir))
+            .await
+            .unwrap_or_default();
+        if let Some(problem) = &registry.problem {
+            tracing::warn!("{problem}; starting with no plugins");
+        }
+        let store = Store::open(&settings.data_dir)?;
+        let secrets = SecretBox::open_or_create(&settings.data_dir)?;
+        let limits = CallLimits {
+            timeout: settings.plugin_call_timeout,
+            concurrency: settings.plugin_concurrency,
+        };
+        let wakeup = Arc::new(Wakeup::default());
+        let configurations = Arc::new(Configurations::new(
+            store.clone(),
+            secrets,
+            Arc::new(registry),
+            Live::new(limits),
+            Arc::clone(&wakeup),
+        ));
+        configurations.start_all().await?;
+
+        let metrics = Arc::new(Metrics::default());
+        let engine = Engine::new(
+            store.clone(),
+            Arc::clone(&configurations),
+            Arc::clone(&metrics),
+            Arc::clone(&wakeup),
+            settings,
+        );
+        engine.start().await?;
+        let intake = Arc::new(Intake::new(
+            store.clone(),
+            Arc::clone(&configurations),
+            Arc::clone(&metrics),
+            settings,
+            wakeup,
+        ));
+
+        let open_files = crate::serve::raise_open_files_limit();
+        let (event_connections, admin_connections) = crate::serve::fit_connections(
             settings.event_max_connections,
             settings.admin_max_connections,
-        )
-    {
-        tracing::warn!(
-            open_files = ?open_files,
-            event_connections, admin_connections,
-            "the open files limit is low: connection limits lowered to fit (raise LimitNOFILE)"
+            open_files,
         );
-    }
-    let limits = |max_connections| crate::serve::Limits {
-        max_connections,
-        header_timeout: settings.client_header_timeout,
-        body_timeout: settings.client_body_timeout,
-    };
+        if (event_connections, admin_connections)
+            != (
+                settings.event_max_connections,
+                settings.admin_max_connections,
+            )
+        {
+            tracing::warn!(
+                open_files = ?open_files,
+                event_connections, admin_connections,
+                "the open files limit is low: connection limits lowered to fit (raise LimitNOFILE)"
+            );
+        }
+        let limits = |max_connections| Limits {
+            max_connections,
+            header_timeout: settings.client_header_timeout,
+            body_timeout: settings.client_body_timeout,
+        };
 
-    let admin = bind("admin page", settings.admin_listen).await?;
-    let events = bind("event address", settings.event_listen).await?;
-    let admin_addr = admin.local_addr().unwrap_or(settings.admin_listen);
-    let events_addr = events.local_addr().unwrap_or(settings.event_listen);
-    announce(&format!("admin page: http://{admin_addr}/"));
-    announce(&format!(
-        "event address: http://{events_addr}/ERSPost?appliance=<Appliance Id>"
-    ));
-    tracing::info!(
-        plugins = configurations.registry().loaded().count(),
-        failed = configurations.registry().failed_count(),
-        %admin_addr,
-        %events_addr,
-        "engine ready"
-    );
-
-    let admin_router = crate::admin::router(
-        Arc::new(AdminState {
-            configurations: Arc::clone(&configurations),
-            store,
-            engine: Arc::clone(&engine),
-            metrics,
-        }),
-        &settings,
-        admin_addr,
-    );
-    let event_router = crate::intake::router(Arc::clone(&intake), settings.client_body_timeout);
-
-    // On Ctrl-C or SIGTERM: refuse new events (503, the appliance keeps them), let
-    // plugin calls in flight finish within the grace period, then close the servers.
-    let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
-    let stopper = {
-        let intake = Arc::clone(&intake);
-        let engine = Arc::clone(&engine);
-        let grace = settings.shutdown_grace;
-        tokio::spawn(async move {
-            crate::shutdown_signal().await;
-            tracing::info!("stopping: no new events taken; finishing the calls in flight");
-            intake.stop_accepting();
-            engine.drain(grace).await;
-            let _ = closed_tx.send(true);
+        let admin = bind("admin page", settings.admin_listen).await?;
+        let events = bind("event address", settings.event_listen).await?;
+        let admin_addr = admin.local_addr().unwrap_or(settings.admin_listen);
+        let events_addr = events.local_addr().unwrap_or(settings.event_listen);
+        tracing::info!(
+            plugins = configurations.registry().loaded().count(),
+            failed = configurations.registry().failed_count(),
+            %admin_addr,
+            %events_addr,
+            "engine ready"
+        );
+        let admin_router = crate::admin::router(
+            Arc::new(AdminState {
+                configurations: Arc::clone(&configurations),
+                store,
+                engine: Arc::clone(&engine),
+                metrics,
+            }),
+            settings,
+            admin_addr,
+        );
+        let event_router = crate::intake::router(Arc::clone(&intake), settings.client_body_timeout);
+        Ok(Self {
+            admin: Address {
+                listener: admin,
+                router: admin_router,
+                limits: limits(admin_connections),
+            },
+            events: Address {
+                listener: events,
+                router: event_router,
+                limits: limits(event_connections),
+            },
+            admin_addr,
+            events_addr,
+            intake,
+            engine,
+            shutdown_grace: settings.shutdown_grace,
         })
-    };
-    let closed = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|closed| *closed).await;
-    };
-    tokio::join!(
-        crate::serve::serve(
-            admin,
-            admin_router,
-            limits(admin_connections),
-            closed(closed_rx.clone())
-        ),
-        crate::serve::serve(
-            events,
-            event_router,
-            limits(event_connections),
-            closed(closed_rx)
-        ),
-    );
-    stopper.abort();
-    tracing::info!("stopped");
+    }
+
+    /// The admin address as bound (its real port when port 0 was asked).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The event address as bound.
+    pub fn events_addr(&self) -> SocketAddr {
+        self.events_addr
+    }
+
+    /// Serves both addresses until `shutdown` resolves; then refuses new events (503,
+    /// the appliance keeps them), lets plugin calls in flight finish within the grace
+    /// period, and closes the servers.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+        let stopper = {
+            let intake = Arc::clone(&self.intake);
+            let engine = Arc::clone(&self.engine);
+            let grace = self.shutdown_grace;
+            tokio::spawn(async move {
+                shutdown.await;
+                tracing::info!("stopping: no new events taken; finishing the calls in flight");
+                intake.stop_accepting();
+                engine.drain(grace).await;
+                let _ = closed_tx.send(true);
+            })
+        };
+        let closed = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|closed| *closed).await;
+        };
+        let (admin, events) = (self.admin, self.events);
+        tokio::join!(
+            crate::serve::serve(
+                admin.listener,
+                admin.router,
+                admin.limits,
+                closed(closed_rx.clone())
+            ),
+            crate::serve::serve(
+                events.listener,
+                events.router,
+                events.limits,
+                closed(closed_rx)
+            ),
+        );
+        stopper.abort();
+        tracing::info!("stopped");
+    }
+}
+
+/// Runs the engine until Ctrl-C or SIGTERM.
+pub async fn run(settings: HostSettings) -> Result<(), StartError> {
+    let app = App::build(&settings).await?;
+    announce(&format!("admin page: http://{}/", app.admin_addr()));
+    announce(&format!(
+        "event address: http://{}/ERSPost?appliance=<Appliance Id>",
+        app.events_addr()
+    ));
+    app.run_until(crate::shutdown_signal()).await;
     Ok(())
 }
 

@@ -108,12 +108,16 @@ pub fn render_plugin_list(registry: &Registry) -> String {
     text
 }
 
-fn serve(settings: &HostSettings) -> ExitCode {
-    crate::logging::init(settings);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// The async runtime every command that needs one runs on.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
+}
+
+fn serve(settings: &HostSettings) -> ExitCode {
+    crate::logging::init(settings);
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -131,10 +135,7 @@ fn serve(settings: &HostSettings) -> ExitCode {
 }
 
 fn run_action(settings: &HostSettings, configuration: &str, action: &str) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("middleware-engine: cannot start the async runtime: {e}");
@@ -172,6 +173,8 @@ async fn action_report(
         secrets,
         std::sync::Arc::new(registry),
         crate::configurations::Live::new(limits),
+        // No engine runs here: nobody waits for its wake-ups.
+        std::sync::Arc::new(crate::engine::Wakeup::default()),
     );
     let found = configurations
         .by_name(configuration)

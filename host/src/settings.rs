@@ -1,20 +1,32 @@
 //! The host's own settings: read once from a TOML file, environment variables and
 //! flags (in rising precedence), validated once, then trusted.
+//!
+//! Every setting is declared once, in the `settings!` table: its file key, flag, environment variable, kind of value, default and
+//! help. From that one table come the flags (`--help` included), the environment and
+//! file readers, the range checks, the README's reference table ([`reference_markdown`])
+//! and the example file ([`example_toml`]). Three layers, as in ripgrep's flags:
+//!
+//! - [`SETTINGS`]: the declarations ([`Setting`]);
+//! - [`SettingsArgs`]: the low-level values, one `Option` per setting, as given by one
+//!   source (flags and environment, the file, the defaults) and merged field by field;
+//! - [`HostSettings`]: the validated, trusted type the rest of the host reads.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
-use serde::Deserialize;
+use clap::{Arg, ArgAction, ArgMatches};
 
 /// Where the original product listens for its admin tool.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:53231";
 /// Where the appliance sends outbound events by default.
 pub const DEFAULT_EVENT_LISTEN: &str = "0.0.0.0:8180";
+/// The flag and the environment variable naming the settings file.
+const CONFIG_FLAG: &str = "config";
+const CONFIG_ENV: &str = "MWE_CONFIG";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// One readable line per record.
     Human,
@@ -22,166 +34,846 @@ pub enum LogFormat {
     Json,
 }
 
-/// Options shared by every command. Each also reads an `MWE_*` environment variable.
-#[derive(Debug, Clone, Default, Args)]
-pub struct SettingsArgs {
-    /// TOML file of host settings (keys as the long flags, with '_' for '-').
-    #[arg(long, global = true, env = "MWE_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Folder holding one subfolder per plugin [default: ./Plugins]
-    #[arg(long, global = true, env = "MWE_PLUGINS_DIR", value_name = "DIR")]
-    pub plugins_dir: Option<PathBuf>,
-    /// Folder for the host's database and key file, created if missing [default: ./data]
-    #[arg(long, global = true, env = "MWE_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Address of the admin page and API [default: 127.0.0.1:53231]
-    #[arg(long, global = true, env = "MWE_ADMIN_LISTEN", value_name = "ADDR")]
-    pub admin_listen: Option<SocketAddr>,
-    /// Address the appliance posts outbound events to [default: 0.0.0.0:8180]
-    #[arg(long, global = true, env = "MWE_EVENT_LISTEN", value_name = "ADDR")]
-    pub event_listen: Option<SocketAddr>,
-    /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info]
-    #[arg(long, global = true, env = "MWE_LOG_LEVEL", value_name = "LEVEL")]
-    pub log_level: Option<String>,
-    /// Log format [default: human]
-    #[arg(long, global = true, env = "MWE_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Longest a single plugin call may take, in seconds [default: 120]
-    #[arg(
-        long,
-        global = true,
-        env = "MWE_PLUGIN_CALL_TIMEOUT",
-        value_name = "SECONDS"
-    )]
-    pub plugin_call_timeout: Option<u64>,
-    /// Plugin calls in flight at once per configuration [default: 4]
-    #[arg(long, global = true, env = "MWE_PLUGIN_CONCURRENCY", value_name = "N")]
-    pub plugin_concurrency: Option<usize>,
-    /// Token every admin API request must carry (Authorization: Bearer ...);
-    /// required when the admin address is not loopback. Prefer the environment variable.
-    #[arg(
-        long,
-        global = true,
-        env = "MWE_ADMIN_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-    /// Extra host names the admin page may be reached by (comma-separated), besides
-    /// localhost and the listen address
-    #[arg(
-        long,
-        global = true,
-        env = "MWE_ADMIN_HOSTNAMES",
-        value_name = "NAMES",
-        value_delimiter = ','
-    )]
-    pub admin_hostnames: Option<Vec<String>>,
-    /// Shared token the appliance must send as the form field outbound_event_token.
-    /// Prefer the environment variable.
-    #[arg(
-        long,
-        global = true,
-        env = "MWE_EVENT_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub event_token: Option<String>,
-    /// Addresses or networks (CIDR) allowed to post events, comma-separated [default: any]
-    #[arg(
-        long,
-        global = true,
-        env = "MWE_EVENT_ALLOWED_SOURCES",
-        value_name = "LIST",
-        value_delimiter = ','
-    )]
-    pub event_allowed_sources: Option<Vec<String>>,
-    /// Shortest delay before the first retry, in milliseconds [default: 30000]
-    #[arg(
-        long,
-        global = true,
-        env = "MWE_RETRY_BACKOFF_MIN_MS",
-        value_name = "MS"
-    )]
-    pub retry_backoff_min_ms: Option<u64>,
-    /// Longest delay between retries, in milliseconds [default: 1800000]
-    #[arg(
-        long,
-        global = true,
-        env = "MWE_RETRY_BACKOFF_MAX_MS",
-        value_name = "MS"
-    )]
-    pub retry_backoff_max_ms: Option<u64>,
-    /// Finished events older than this many days are removed from the history [default: 30]
-    #[arg(long, global = true, env = "MWE_RETENTION_DAYS", value_name = "DAYS")]
-    pub retention_days: Option<u32>,
-    /// On shutdown, how long plugin calls in flight may take to finish, in seconds [default: 30]
-    #[arg(
-        long,
-        global = true,
-        env = "MWE_SHUTDOWN_GRACE",
-        value_name = "SECONDS"
-    )]
-    pub shutdown_grace: Option<u64>,
-    /// Connections the event address keeps open at once; more wait [default: 1024]
-    #[arg(
-        long,
-        global = true,
-        env = "MWE_EVENT_MAX_CONNECTIONS",
-        value_name = "N"
-    )]
-    pub event_max_connections: Option<usize>,
-    /// Connections the admin address keeps open at once; more wait [default: 128]
-    #[arg(
-        long,
-        global = true,
-        env = "MWE_ADMIN_MAX_CONNECTIONS",
-        value_name = "N"
-    )]
-    pub admin_max_connections: Option<usize>,
-    /// Seconds a client has to send a request's headers, from the connection's start
-    /// or the previous answer; a silent or idle connection is closed then [default: 10]
-    #[arg(
-        long,
-        global = true,
-        env = "MWE_CLIENT_HEADER_TIMEOUT",
-        value_name = "SECONDS"
-    )]
-    pub client_header_timeout: Option<u64>,
-    /// Seconds a client has to send a request's whole body (408 past it) [default: 30]
-    #[arg(
-        long,
-        global = true,
-        env = "MWE_CLIENT_BODY_TIMEOUT",
-        value_name = "SECONDS"
-    )]
-    pub client_body_timeout: Option<u64>,
+impl LogFormat {
+    /// The names a file, a flag or a variable may give, in declaration order.
+    pub const NAMES: &'static [&'static str] = &["human", "json"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "human" => Some(Self::Human),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
 }
 
-/// The settings file, every key optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    plugins_dir: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    admin_listen: Option<SocketAddr>,
-    event_listen: Option<SocketAddr>,
-    log_level: Option<String>,
-    log_format: Option<LogFormat>,
-    plugin_call_timeout: Option<u64>,
-    plugin_concurrency: Option<usize>,
-    admin_token: Option<String>,
-    admin_hostnames: Option<Vec<String>>,
-    event_token: Option<String>,
-    event_allowed_sources: Option<Vec<String>>,
-    retry_backoff_min_ms: Option<u64>,
-    retry_backoff_max_ms: Option<u64>,
-    retention_days: Option<u32>,
-    shutdown_grace: Option<u64>,
-    event_max_connections: Option<usize>,
-    admin_max_connections: Option<usize>,
-    client_header_timeout: Option<u64>,
-    client_body_timeout: Option<u64>,
+/// What kind of value a setting takes: how it is parsed, checked and documented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A file or folder; relative in the file means relative to the file.
+    Path,
+    /// An IP address and port.
+    Addr,
+    /// A whole number in `min..=max` (`max` of `u64::MAX`: no upper bound).
+    Int { min: u64, max: u64 },
+    /// A duration, as a whole number of seconds, at least `min`.
+    Seconds { min: u64 },
+    /// A duration, as a whole number of milliseconds, at least `min`.
+    Millis { min: u64 },
+    /// `true` or `false`.
+    Bool,
+    /// A list of text values (a TOML array; comma-separated in a flag or variable).
+    List,
+    /// Free text.
+    Text,
+    /// One of these names.
+    Enum(&'static [&'static str]),
+    /// Text that is never shown: redacted in Debug, hidden in `--help`.
+    Secret,
+}
+
+impl Kind {
+    pub fn is_secret(&self) -> bool {
+        matches!(self, Kind::Secret)
+    }
+
+    /// The value in a few words, for the reference table and the example file.
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::Path => "path".into(),
+            Kind::Addr => "address:port".into(),
+            Kind::Int { min, max } if *max == u64::MAX => format!("integer, at least {min}"),
+            Kind::Int { min, max } => format!("integer, {min} to {max}"),
+            Kind::Seconds { min: 0 } => "seconds".into(),
+            Kind::Seconds { min } => format!("seconds, at least {min}"),
+            Kind::Millis { min: 0 } => "milliseconds".into(),
+            Kind::Millis { min } => format!("milliseconds, at least {min}"),
+            Kind::Bool => "`true` or `false`".into(),
+            Kind::List => "list".into(),
+            Kind::Text => "text".into(),
+            Kind::Enum(names) => names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Kind::Secret => "secret".into(),
+        }
+    }
+
+    /// What `--help` adds after the help text, for values whose form it does not say.
+    fn help_note(&self) -> Option<String> {
+        match self {
+            Kind::Path | Kind::Addr | Kind::Text | Kind::Secret => None,
+            Kind::List => Some("comma-separated".into()),
+            Kind::Bool => Some("true or false".into()),
+            Kind::Enum(names) => Some(names.join(" or ")),
+            _ => Some(self.describe()),
+        }
+    }
+
+    /// What a file value of this kind must be, for error messages.
+    fn expected(&self) -> String {
+        match self {
+            Kind::Path => "a path (a string)".into(),
+            Kind::Addr => "an address and port (a string such as \"127.0.0.1:8180\")".into(),
+            Kind::Int { .. } => "a whole number".into(),
+            Kind::Seconds { .. } => "a whole number of seconds".into(),
+            Kind::Millis { .. } => "a whole number of milliseconds".into(),
+            Kind::Bool => "true or false".into(),
+            Kind::List => "a list of strings".into(),
+            Kind::Text | Kind::Secret => "a string".into(),
+            Kind::Enum(names) => format!("one of the strings {}", quoted_list(names)),
+        }
+    }
+}
+
+/// A setting's value when no source gives one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// This value, written as a flag would give it.
+    Value(&'static str),
+    /// No value; the text says what that means ("none", "any").
+    Unset(&'static str),
+}
+
+/// One setting's declaration.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Setting {
+    /// The key in the settings file.
+    pub key: &'static str,
+    /// The long flag, without its dashes.
+    pub flag: &'static str,
+    /// The environment variable.
+    pub env: &'static str,
+    /// The placeholder of the value in `--help`.
+    pub value_name: &'static str,
+    pub kind: Kind,
+    pub default: Fallback,
+    pub help: &'static str,
+}
+
+impl Setting {
+    /// The default as the docs show it: `` `120` `` or "none".
+    pub fn default_shown(&self) -> String {
+        match self.default {
+            Fallback::Value(v) => format!("`{v}`"),
+            Fallback::Unset(text) => text.to_owned(),
+        }
+    }
+
+    /// The help line of the flag: the help, the value's form, the default, the variable.
+    pub fn help_line(&self) -> String {
+        let mut line = self.help.to_owned();
+        if let Some(note) = self.kind.help_note() {
+            line.push_str(&format!(" ({note})"));
+        }
+        let default = match self.default {
+            Fallback::Value(v) | Fallback::Unset(v) => v,
+        };
+        line.push_str(&format!(" [default: {default}] [env: {}]", self.env));
+        line
+    }
+
+    /// The default as a TOML value, when it has one a file can write.
+    fn example_value(&self) -> Option<String> {
+        match (self.default, self.kind) {
+            (Fallback::Value(v), Kind::Int { .. } | Kind::Seconds { .. } | Kind::Millis { .. })
+            | (Fallback::Value(v), Kind::Bool) => Some(v.to_owned()),
+            (Fallback::Value(v), Kind::List) => Some(
+                toml::Value::Array(split_list(v).into_iter().map(toml::Value::String).collect())
+                    .to_string(),
+            ),
+            (Fallback::Value(v), _) => Some(toml::Value::String(v.to_owned()).to_string()),
+            (Fallback::Unset(_), Kind::List) => Some("[]".into()),
+            (Fallback::Unset(_), Kind::Text | Kind::Secret) => Some("\"\"".into()),
+            (Fallback::Unset(_), _) => None,
+        }
+    }
+}
+
+/// A setting's value type: parsed from text (a flag, a variable, a default) or from a
+/// file value, and checked against its kind.
+trait SettingValue: Sized + Clone + Send + Sync + 'static {
+    /// From a flag, an environment variable or a declared default. The message never
+    /// repeats the text (it may be a secret).
+    fn parse(kind: &Kind, text: &str) -> Result<Self, String>;
+
+    /// From the settings file; relative paths are joined to `base`.
+    fn from_toml(kind: &Kind, value: &toml::Value, base: &Path) -> Result<Self, String>;
+
+    /// The kind's range rule; the message follows the key ("must be ...").
+    fn check(&self, _kind: &Kind) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The flag.
+    fn arg(setting: &'static Setting) -> Arg {
+        base_arg(setting)
+            .action(ArgAction::Set)
+            .value_parser(move |text: &str| Self::parse(&setting.kind, text))
+    }
+
+    /// The flag's value, if given.
+    fn from_matches(matches: &ArgMatches, id: &str) -> Option<Self> {
+        matches.try_get_one::<Self>(id).ok().flatten().cloned()
+    }
+}
+
+fn base_arg(setting: &'static Setting) -> Arg {
+    Arg::new(setting.key)
+        .long(setting.flag)
+        .global(true)
+        .value_name(setting.value_name)
+        .help(setting.help_line())
+}
+
+/// The found type of a file value, for "expected ..., found a string".
+fn found(value: &toml::Value) -> String {
+    let kind = value.type_str();
+    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {kind}")
+}
+
+fn mismatch(kind: &Kind, value: &toml::Value) -> String {
+    format!("expected {}, found {}", kind.expected(), found(value))
+}
+
+fn toml_str<'a>(kind: &Kind, value: &'a toml::Value) -> Result<&'a str, String> {
+    value.as_str().ok_or_else(|| mismatch(kind, value))
+}
+
+fn toml_u64(kind: &Kind, value: &toml::Value) -> Result<u64, String> {
+    match value {
+        toml::Value::Integer(i) => {
+            u64::try_from(*i).map_err(|_| format!("expected {}, not below 0", kind.expected()))
+        }
+        other => Err(mismatch(kind, other)),
+    }
+}
+
+fn parse_u64(kind: &Kind, text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("expected {}", kind.expected()))
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',').map(str::to_owned).collect()
+}
+
+fn quoted_list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl SettingValue for PathBuf {
+    fn parse(_kind: &Kind, text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("expected a path, found nothing".into());
+        }
+        Ok(PathBuf::from(text))
+    }
+
+    fn from_toml(kind: &Kind, value: &toml::Value, base: &Path) -> Result<Self, String> {
+        // Relative paths in the file are relative to the file, so a service started
+        // from anywhere finds the same folders.
+        Self::parse(kind, toml_str(kind, value)?).map(|p| base.join(p))
+    }
+}
+
+impl SettingValue for SocketAddr {
+    fn parse(kind: &Kind, text: &str) -> Result<Self, String> {
+        text.trim()
+            .parse()
+            .map_err(|e| format!("{e}: expected {}", kind.expected()))
+    }
+
+    fn from_toml(kind: &Kind, value: &toml::Value, _base: &Path) -> Result<Self, String> {
+        Self::parse(kind, toml_str(kind, value)?)
+    }
+}
+
+impl SettingValue for u64 {
+    fn parse(kind: &Kind, text: &str) -> Result<Self, String> {
+        parse_u64(kind, text)
+    }
+
+    fn from_toml(kind: &Kind, value: &toml::Value, _base: &Path) -> Result<Self, String> {
+        toml_u64(kind, value)
+    }
+
+    fn check(&self, kind: &Kind) -> Result<(), String> {
+        match *kind {
+            Kind::Int { min, max } if !(min..=max).contains(self) => Err(if max == u64::MAX {
+                format!("must be at least {min}")
+            } else {
+                format!("must be between {min} and {max}")
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl SettingValue for Duration {
+    fn parse(kind: &Kind, text: &str) -> Result<Self, String> {
+        let n = parse_u64(kind, text)?;
+        Ok(match kind {
+            Kind::Millis { .. } => Duration::from_millis(n),
+            _ => Duration::from_secs(n),
+        })
+    }
+
+    fn from_toml(kind: &Kind, value: &toml::Value, _base: &Path) -> Result<Self, String> {
+        let n = toml_u64(kind, value)?;
+        Ok(match kind {
+            Kind::Millis { .. } => Duration::from_millis(n),
+            _ => Duration::from_secs(n),
+        })
+    }
+
+    fn check(&self, kind: &Kind) -> Result<(), String> {
+        match *kind {
+            Kind::Seconds { min } if self.as_secs() < min => Err(format!(
+                "must be at least {min} second{}",
+                if min == 1 { "" } else { "s" }
+            )),
+            Kind::Millis { min } if self.as_millis() < u128::from(min) => {
+                Err(format!("must be at least {min} ms"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl SettingValue for bool {
+    fn parse(kind: &Kind, text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("expected {}", kind.expected())),
+        }
+    }
+
+    fn from_toml(kind: &Kind, value: &toml::Value, _base: &Path) -> Result<Self, String> {
+        value.as_bool().ok_or_else(|| mismatch(kind, value))
+    }
+}
+
+impl SettingValue for String {
+    fn parse(_kind: &Kind, text: &str) -> Result<Self, String> {
+        Ok(text.to_owned())
+    }
+
+    fn from_toml(kind: &Kind, value: &toml::Value, _base: &Path) -> Result<Self, String> {
+        toml_str(kind, value).map(str::to_owned)
+    }
+}
+
+impl SettingValue for Vec<String> {
+    fn parse(_kind: &Kind, text: &str) -> Result<Self, String> {
+        Ok(split_list(text))
+    }
+
+    fn from_toml(kind: &Kind, value: &toml::Value, _base: &Path) -> Result<Self, String> {
+        match value {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| format!("expected {}, found another kind of item", kind.expected())),
+            other => Err(mismatch(kind, other)),
+        }
+    }
+
+    /// A list flag may be given more than once, each time comma-separated.
+    fn arg(setting: &'static Setting) -> Arg {
+        base_arg(setting)
+            .action(ArgAction::Append)
+            .value_parser(move |text: &str| Self::parse(&setting.kind, text))
+    }
+
+    fn from_matches(matches: &ArgMatches, id: &str) -> Option<Self> {
+        let given = matches.try_get_many::<Self>(id).ok().flatten()?;
+        Some(given.flatten().cloned().collect())
+    }
+}
+
+impl SettingValue for LogFormat {
+    fn parse(kind: &Kind, text: &str) -> Result<Self, String> {
+        LogFormat::from_name(text.trim()).ok_or_else(|| format!("expected {}", kind.expected()))
+    }
+
+    fn from_toml(kind: &Kind, value: &toml::Value, _base: &Path) -> Result<Self, String> {
+        Self::parse(kind, toml_str(kind, value)?)
+    }
+}
+
+/// The Rust type of a kind's low-level value.
+macro_rules! setting_type {
+    (Path) => { PathBuf };
+    (Addr) => { SocketAddr };
+    (Int $($range:tt)*) => { u64 };
+    (Seconds $($min:tt)*) => { Duration };
+    (Millis $($min:tt)*) => { Duration };
+    (Bool) => { bool };
+    (List) => { Vec<String> };
+    (Text) => { String };
+    (Secret) => { String };
+    (Enum($t:ident)) => { $t };
+}
+
+/// The [`Kind`] value of a declaration's `kind:`.
+macro_rules! setting_kind {
+    (Path) => {
+        Kind::Path
+    };
+    (Addr) => {
+        Kind::Addr
+    };
+    (Int($min:tt)) => {
+        Kind::Int {
+            min: $min,
+            max: u64::MAX,
+        }
+    };
+    (Int($min:tt, $max:tt)) => {
+        Kind::Int {
+            min: $min,
+            max: $max,
+        }
+    };
+    (Seconds) => {
+        Kind::Seconds { min: 0 }
+    };
+    (Seconds($min:tt)) => {
+        Kind::Seconds { min: $min }
+    };
+    (Millis) => {
+        Kind::Millis { min: 0 }
+    };
+    (Millis($min:tt)) => {
+        Kind::Millis { min: $min }
+    };
+    (Bool) => {
+        Kind::Bool
+    };
+    (List) => {
+        Kind::List
+    };
+    (Text) => {
+        Kind::Text
+    };
+    (Secret) => {
+        Kind::Secret
+    };
+    (Enum($t:ident)) => {
+        Kind::Enum($t::NAMES)
+    };
+}
+
+/// `default: "x"` or `unset: "what unset means"`, exactly one of them.
+macro_rules! setting_default {
+    ($value:expr ;) => {
+        Fallback::Value($value)
+    };
+    (; $unset:expr) => {
+        Fallback::Unset($unset)
+    };
+}
+
+/// The one table: each entry declares a setting, and everything else is generated from
+/// it: the declaration statics and [`SETTINGS`], the fields of [`SettingsArgs`], its flags,
+/// its environment, file and default readers, its merge and its range checks.
+macro_rules! settings {
+    ($(
+        $key:ident {
+            kind: $kind:ident $(( $($karg:tt),* ))?,
+            flag: $flag:literal,
+            env: $env:literal,
+            value_name: $value_name:literal,
+            $(default: $default:expr,)?
+            $(unset: $unset:expr,)?
+            help: $help:expr $(,)?
+        }
+    ),* $(,)?) => {
+        /// One static per setting, named as its key.
+        #[allow(non_upper_case_globals)]
+        pub mod decl {
+            use super::*;
+            $(
+                pub static $key: Setting = Setting {
+                    key: stringify!($key),
+                    flag: $flag,
+                    env: $env,
+                    value_name: $value_name,
+                    kind: setting_kind!($kind $(( $($karg),* ))?),
+                    default: setting_default!($($default)? ; $($unset)?),
+                    help: $help,
+                };
+            )*
+        }
+
+        /// Every setting, in the order `--help`, the README and the example file show.
+        pub static SETTINGS: &[&Setting] = &[$(&decl::$key),*];
+
+        /// Low-level settings from one source, or merged: each `None` when not given.
+        /// From the command line, [`clap::Args`] fills it with the flags over the
+        /// `MWE_*` environment variables.
+        #[derive(Clone, Default)]
+        pub struct SettingsArgs {
+            /// The TOML settings file (`--config`, `MWE_CONFIG`).
+            pub config: Option<PathBuf>,
+            $(pub $key: Option<setting_type!($kind $(( $($karg),* ))?)>,)*
+        }
+
+        impl SettingsArgs {
+            /// The flags of every setting.
+            fn setting_args() -> Vec<Arg> {
+                vec![$(<setting_type!($kind $(( $($karg),* ))?) as SettingValue>::arg(&decl::$key)),*]
+            }
+
+            /// Each setting's flag, or else its environment variable.
+            pub fn from_parts(
+                matches: &ArgMatches,
+                env: &dyn Fn(&str) -> Option<OsString>,
+            ) -> Result<Self, String> {
+                Ok(Self {
+                    config: match matches.try_get_one::<PathBuf>(CONFIG_FLAG).ok().flatten() {
+                        Some(path) => Some(path.clone()),
+                        None => env_text(CONFIG_ENV, env)?.map(PathBuf::from),
+                    },
+                    $($key: {
+                        type T = setting_type!($kind $(( $($karg),* ))?);
+                        match <T as SettingValue>::from_matches(matches, decl::$key.key) {
+                            Some(value) => Some(value),
+                            None => from_env::<T>(&decl::$key, env)?,
+                        }
+                    },)*
+                })
+            }
+
+            /// Sets the setting of this file key; `None` for a key no setting has.
+            fn set_from_toml(
+                &mut self,
+                key: &str,
+                value: &toml::Value,
+                base: &Path,
+            ) -> Option<Result<(), String>> {
+                $(
+                    if key == decl::$key.key {
+                        type T = setting_type!($kind $(( $($karg),* ))?);
+                        return Some(
+                            <T as SettingValue>::from_toml(&decl::$key.kind, value, base)
+                                .map(|v| self.$key = Some(v)),
+                        );
+                    }
+                )*
+                None
+            }
+
+            /// Every declared default.
+            pub fn defaults() -> Result<Self, SettingsError> {
+                Ok(Self {
+                    config: None,
+                    $($key: {
+                        type T = setting_type!($kind $(( $($karg),* ))?);
+                        match decl::$key.default {
+                            Fallback::Value(text) => Some(
+                                <T as SettingValue>::parse(&decl::$key.kind, text).map_err(|e| {
+                                    SettingsError::Invalid(format!(
+                                        "the default of {} ({text}) is not valid: {e}",
+                                        decl::$key.key
+                                    ))
+                                })?,
+                            ),
+                            Fallback::Unset(_) => None,
+                        }
+                    },)*
+                })
+            }
+
+            /// Each value of `self`, or else of `lower`.
+            pub fn or(self, lower: Self) -> Self {
+                Self {
+                    config: self.config.or(lower.config),
+                    $($key: self.$key.or(lower.$key),)*
+                }
+            }
+
+            /// Each given value against its kind's range.
+            fn check_values(&self) -> Result<(), SettingsError> {
+                $(
+                    if let Some(value) = &self.$key {
+                        SettingValue::check(value, &decl::$key.kind).map_err(|rule| {
+                            SettingsError::Invalid(format!("{} {rule}", decl::$key.key))
+                        })?;
+                    }
+                )*
+                Ok(())
+            }
+        }
+
+        impl std::fmt::Debug for SettingsArgs {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut out = f.debug_struct("SettingsArgs");
+                out.field("config", &self.config);
+                $(
+                    if decl::$key.kind.is_secret() {
+                        out.field(decl::$key.key, &self.$key.as_ref().map(|_| "[redacted]"));
+                    } else {
+                        out.field(decl::$key.key, &self.$key);
+                    }
+                )*
+                out.finish()
+            }
+        }
+    };
+}
+
+settings! {
+    plugins_dir {
+        kind: Path,
+        flag: "plugins-dir",
+        env: "MWE_PLUGINS_DIR",
+        value_name: "DIR",
+        default: "Plugins",
+        help: "Folder holding one subfolder per plugin",
+    },
+    data_dir {
+        kind: Path,
+        flag: "data-dir",
+        env: "MWE_DATA_DIR",
+        value_name: "DIR",
+        default: "data",
+        help: "Folder for the host's database and key file, created if missing",
+    },
+    admin_listen {
+        kind: Addr,
+        flag: "admin-listen",
+        env: "MWE_ADMIN_LISTEN",
+        value_name: "ADDR",
+        default: DEFAULT_ADMIN_LISTEN,
+        help: "Address of the admin page and API",
+    },
+    event_listen {
+        kind: Addr,
+        flag: "event-listen",
+        env: "MWE_EVENT_LISTEN",
+        value_name: "ADDR",
+        default: DEFAULT_EVENT_LISTEN,
+        help: "Address the appliance posts outbound events to",
+    },
+    log_level {
+        kind: Text,
+        flag: "log-level",
+        env: "MWE_LOG_LEVEL",
+        value_name: "LEVEL",
+        default: "info",
+        help: "Log filter: error, warn, info, debug, trace, or a tracing directive",
+    },
+    log_format {
+        kind: Enum(LogFormat),
+        flag: "log-format",
+        env: "MWE_LOG_FORMAT",
+        value_name: "FORMAT",
+        default: "human",
+        help: "Log format: one readable line per record, or one JSON object per line",
+    },
+    plugin_call_timeout {
+        kind: Seconds(1),
+        flag: "plugin-call-timeout",
+        env: "MWE_PLUGIN_CALL_TIMEOUT",
+        value_name: "SECONDS",
+        default: "120",
+        help: "Longest a single plugin call may take",
+    },
+    plugin_concurrency {
+        kind: Int(1, 64),
+        flag: "plugin-concurrency",
+        env: "MWE_PLUGIN_CONCURRENCY",
+        value_name: "N",
+        default: "4",
+        help: "Plugin calls in flight at once per configuration",
+    },
+    admin_token {
+        kind: Secret,
+        flag: "admin-token",
+        env: "MWE_ADMIN_TOKEN",
+        value_name: "TOKEN",
+        unset: "none (required off loopback)",
+        help: "Token every admin API request must carry (Authorization: Bearer ...), at least \
+               16 characters; required when the admin address is not loopback. Prefer the \
+               environment variable",
+    },
+    admin_hostnames {
+        kind: List,
+        flag: "admin-hostnames",
+        env: "MWE_ADMIN_HOSTNAMES",
+        value_name: "NAMES",
+        unset: "none",
+        help: "Extra host names the admin page may be reached by, besides localhost and the \
+               listen address",
+    },
+    event_token {
+        kind: Secret,
+        flag: "event-token",
+        env: "MWE_EVENT_TOKEN",
+        value_name: "TOKEN",
+        unset: "none",
+        help: "Shared token the appliance must send as the form field outbound_event_token. \
+               Prefer the environment variable",
+    },
+    event_allowed_sources {
+        kind: List,
+        flag: "event-allowed-sources",
+        env: "MWE_EVENT_ALLOWED_SOURCES",
+        value_name: "LIST",
+        unset: "any",
+        help: "Addresses or networks (CIDR) allowed to post events",
+    },
+    retry_backoff_min_ms {
+        kind: Millis,
+        flag: "retry-backoff-min-ms",
+        env: "MWE_RETRY_BACKOFF_MIN_MS",
+        value_name: "MS",
+        default: "30000",
+        help: "Shortest delay before the first retry; above 0, not above retry_backoff_max_ms",
+    },
+    retry_backoff_max_ms {
+        kind: Millis,
+        flag: "retry-backoff-max-ms",
+        env: "MWE_RETRY_BACKOFF_MAX_MS",
+        value_name: "MS",
+        default: "1800000",
+        help: "Longest delay between retries",
+    },
+    retention_days {
+        kind: Int(1),
+        flag: "retention-days",
+        env: "MWE_RETENTION_DAYS",
+        value_name: "DAYS",
+        default: "30",
+        help: "Finished events older than this many days are removed from the history",
+    },
+    shutdown_grace {
+        kind: Seconds,
+        flag: "shutdown-grace",
+        env: "MWE_SHUTDOWN_GRACE",
+        value_name: "SECONDS",
+        default: "30",
+        help: "On shutdown, how long plugin calls in flight may take to finish",
+    },
+    event_max_connections {
+        kind: Int(1, 1_000_000),
+        flag: "event-max-connections",
+        env: "MWE_EVENT_MAX_CONNECTIONS",
+        value_name: "N",
+        default: "1024",
+        help: "Connections the event address keeps open at once; more wait",
+    },
+    admin_max_connections {
+        kind: Int(1, 1_000_000),
+        flag: "admin-max-connections",
+        env: "MWE_ADMIN_MAX_CONNECTIONS",
+        value_name: "N",
+        default: "128",
+        help: "Connections the admin address keeps open at once; more wait",
+    },
+    client_header_timeout {
+        kind: Seconds(1),
+        flag: "client-header-timeout",
+        env: "MWE_CLIENT_HEADER_TIMEOUT",
+        value_name: "SECONDS",
+        default: "10",
+        help: "Time a client has to send a request's headers, from the connection's start or \
+               the previous answer; a silent or idle connection is closed then",
+    },
+    client_body_timeout {
+        kind: Seconds(1),
+        flag: "client-body-timeout",
+        env: "MWE_CLIENT_BODY_TIMEOUT",
+        value_name: "SECONDS",
+        default: "30",
+        help: "Time a client has to send a request's whole body (408 past it)",
+    },
+}
+
+/// An environment variable's text; unset, empty or absent alike.
+fn env_text(name: &str, env: &dyn Fn(&str) -> Option<OsString>) -> Result<Option<String>, String> {
+    match env(name) {
+        None => Ok(None),
+        Some(value) if value.is_empty() => Ok(None),
+        Some(value) => value
+            .into_string()
+            .map(Some)
+            .map_err(|_| format!("the environment variable {name} is not UTF-8 text")),
+    }
+}
+
+/// A setting's value from its environment variable; the error names the variable (and
+/// the value, unless it is a secret).
+fn from_env<T: SettingValue>(
+    setting: &'static Setting,
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Result<Option<T>, String> {
+    let Some(text) = env_text(setting.env, env)? else {
+        return Ok(None);
+    };
+    T::parse(&setting.kind, &text).map(Some).map_err(|e| {
+        if setting.kind.is_secret() {
+            format!(
+                "invalid value for the environment variable {}: {e}",
+                setting.env
+            )
+        } else {
+            format!(
+                "invalid value {text:?} for the environment variable {}: {e}",
+                setting.env
+            )
+        }
+    })
+}
+
+impl clap::FromArgMatches for SettingsArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Self::from_parts(matches, &|name| std::env::var_os(name))
+            .map_err(|message| clap::Error::raw(clap::error::ErrorKind::ValueValidation, message))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        let given = Self::from_arg_matches(matches)?;
+        *self = given.or(std::mem::take(self));
+        Ok(())
+    }
+}
+
+impl clap::Args for SettingsArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.arg(
+            Arg::new(CONFIG_FLAG)
+                .long(CONFIG_FLAG)
+                .global(true)
+                .value_name("FILE")
+                .action(ArgAction::Set)
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(format!(
+                    "TOML file of host settings (keys as the long flags, with '_' for '-') \
+                     [env: {CONFIG_ENV}]"
+                )),
+        )
+        .args(Self::setting_args())
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 /// A secret host setting: compared, never printed.
@@ -293,157 +985,227 @@ pub enum SettingsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the settings file {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// A TOML syntax error, a value of the wrong type or an unknown key, with where.
+    #[error("the settings file {path} is not valid{}: {message}", place(.line, .column, .key))]
+    Parse {
+        path: PathBuf,
+        /// 1-based line and column (in characters) of the error, when known.
+        line: Option<usize>,
+        column: Option<usize>,
+        /// The key the error is about, when known.
+        key: Option<String>,
+        message: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }
 
-impl HostSettings {
-    /// Flags and environment (already merged by clap) over the file over defaults.
-    pub fn resolve(args: &SettingsArgs) -> Result<Self, SettingsError> {
-        let (file, base) = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                let file: FileSettings =
-                    toml::from_str(&text).map_err(|e| SettingsError::Parse {
-                        path: path.clone(),
-                        message: e.message().to_owned(),
-                    })?;
-                // Relative paths in the file are relative to the file, so a service
-                // started from anywhere finds the same folders.
-                let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-                (file, base)
-            }
-            None => (FileSettings::default(), PathBuf::new()),
-        };
-        let from_file = |p: Option<PathBuf>| p.map(|p| base.join(p));
-        let parse_addr = |s: &str| {
-            s.parse::<SocketAddr>()
-                .map_err(|e| SettingsError::Invalid(e.to_string()))
-        };
+fn place(line: &Option<usize>, column: &Option<usize>, key: &Option<String>) -> String {
+    let mut text = String::new();
+    if let (Some(line), Some(column)) = (line, column) {
+        text.push_str(&format!(" at line {line}, column {column}"));
+    }
+    if let Some(key) = key {
+        text.push_str(&format!(" (key `{key}`)"));
+    }
+    text
+}
 
-        let settings = Self {
-            plugins_dir: args
-                .plugins_dir
-                .clone()
-                .or_else(|| from_file(file.plugins_dir))
-                .unwrap_or_else(|| PathBuf::from("Plugins")),
-            data_dir: args
-                .data_dir
-                .clone()
-                .or_else(|| from_file(file.data_dir))
-                .unwrap_or_else(|| PathBuf::from("data")),
-            admin_listen: match args.admin_listen.or(file.admin_listen) {
-                Some(a) => a,
-                None => parse_addr(DEFAULT_ADMIN_LISTEN)?,
-            },
-            event_listen: match args.event_listen.or(file.event_listen) {
-                Some(a) => a,
-                None => parse_addr(DEFAULT_EVENT_LISTEN)?,
-            },
-            log_level: args
-                .log_level
-                .clone()
-                .or(file.log_level)
-                .unwrap_or_else(|| "info".to_owned()),
-            log_format: args
-                .log_format
-                .or(file.log_format)
-                .unwrap_or(LogFormat::Human),
-            plugin_call_timeout: Duration::from_secs(
-                args.plugin_call_timeout
-                    .or(file.plugin_call_timeout)
-                    .unwrap_or(120),
-            ),
-            plugin_concurrency: args
-                .plugin_concurrency
-                .or(file.plugin_concurrency)
-                .unwrap_or(4),
-            admin_token: args
-                .admin_token
-                .clone()
-                .or(file.admin_token)
-                .filter(|t| !t.is_empty())
-                .map(SecretString::new),
-            admin_hostnames: args
+/// 1-based line and column (in characters) of a byte offset in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+/// The key of the `key = value` line holding `offset`, for a syntax error's message.
+fn key_of_line(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(start..)?.lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    bare.then(|| key.to_owned())
+}
+
+/// The nearest declared key to an unknown one, if it looks like a typo.
+fn nearest_key(unknown: &str) -> Option<&'static str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut previous = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let current = row[j + 1];
+                row[j + 1] = if ca == *cb {
+                    previous
+                } else {
+                    1 + previous.min(row[j]).min(current)
+                };
+                previous = current;
+            }
+        }
+        row[b.len()]
+    }
+    SETTINGS
+        .iter()
+        .map(|s| (distance(unknown, s.key), s.key))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, key)| key)
+}
+
+impl SettingsArgs {
+    /// The settings file's values. Relative paths are relative to the file.
+    pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_toml_text(&text, path, &base)
+    }
+
+    /// `text` as a settings file named `path` in the folder `base`.
+    pub fn from_toml_text(text: &str, path: &Path, base: &Path) -> Result<Self, SettingsError> {
+        let error = |offset: Option<usize>, key: Option<String>, message: String| {
+            let (line, column) = offset.map(|o| line_column(text, o)).unzip();
+            SettingsError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                key,
+                message,
+            }
+        };
+        type Entries =
+            std::collections::BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>>;
+        let entries: Entries = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|span| span.start);
+            let key = offset.and_then(|o| key_of_line(text, o));
+            error(offset, key, e.message().trim().replace('\n', "; "))
+        })?;
+        // Report the first problem in the file's order.
+        let mut entries: Vec<_> = entries.into_iter().collect();
+        entries.sort_by_key(|(key, _)| key.span().start);
+        let mut args = Self::default();
+        for (key, value) in &entries {
+            let name = key.get_ref();
+            match args.set_from_toml(name, value.get_ref(), base) {
+                Some(Ok(())) => {}
+                Some(Err(message)) => {
+                    return Err(error(Some(value.span().start), Some(name.clone()), message));
+                }
+                None => {
+                    let hint = match nearest_key(name) {
+                        Some(near) => format!("did you mean `{near}`?"),
+                        None => format!(
+                            "expected one of {}",
+                            SETTINGS
+                                .iter()
+                                .map(|s| format!("`{}`", s.key))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    };
+                    return Err(error(
+                        Some(key.span().start),
+                        Some(name.clone()),
+                        format!("unknown field `{name}`, {hint}"),
+                    ));
+                }
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// A value every declared default gives (a missing one is a declaration without a
+/// default read as if it had one: a bug, reported rather than panicking).
+fn given<T>(value: Option<T>, key: &str) -> Result<T, SettingsError> {
+    value.ok_or_else(|| SettingsError::Invalid(format!("{key} has no value and no default")))
+}
+
+fn count(value: u64, key: &str) -> Result<usize, SettingsError> {
+    usize::try_from(value).map_err(|_| SettingsError::Invalid(format!("{key} is too large")))
+}
+
+impl HostSettings {
+    /// Flags and environment (already merged in `args`) over the file over defaults.
+    pub fn resolve(args: &SettingsArgs) -> Result<Self, SettingsError> {
+        let file = match &args.config {
+            Some(path) => SettingsArgs::from_file(path)?,
+            None => SettingsArgs::default(),
+        };
+        let low = args.clone().or(file).or(SettingsArgs::defaults()?);
+        low.check_values()?;
+        let settings = Self::from_low(low)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// The trusted type from the merged low-level values (each in its kind's range).
+    fn from_low(low: SettingsArgs) -> Result<Self, SettingsError> {
+        let secret = |token: Option<String>| token.filter(|t| !t.is_empty()).map(SecretString::new);
+        Ok(Self {
+            plugins_dir: given(low.plugins_dir, "plugins_dir")?,
+            data_dir: given(low.data_dir, "data_dir")?,
+            admin_listen: given(low.admin_listen, "admin_listen")?,
+            event_listen: given(low.event_listen, "event_listen")?,
+            log_level: given(low.log_level, "log_level")?,
+            log_format: given(low.log_format, "log_format")?,
+            plugin_call_timeout: given(low.plugin_call_timeout, "plugin_call_timeout")?,
+            plugin_concurrency: count(
+                given(low.plugin_concurrency, "plugin_concurrency")?,
+                "plugin_concurrency",
+            )?,
+            admin_token: secret(low.admin_token),
+            admin_hostnames: low
                 .admin_hostnames
-                .clone()
-                .or(file.admin_hostnames)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|h| h.trim().to_ascii_lowercase())
                 .filter(|h| !h.is_empty())
                 .collect(),
-            event_token: args
-                .event_token
-                .clone()
-                .or(file.event_token)
-                .filter(|t| !t.is_empty())
-                .map(SecretString::new),
-            event_allowed_sources: args
+            event_token: secret(low.event_token),
+            event_allowed_sources: low
                 .event_allowed_sources
-                .clone()
-                .or(file.event_allowed_sources)
                 .unwrap_or_default()
                 .iter()
                 .filter(|s| !s.trim().is_empty())
                 .map(|s| s.parse::<IpNet>())
                 .collect::<Result<_, _>>()
                 .map_err(|e| SettingsError::Invalid(format!("event_allowed_sources: {e}")))?,
-            retry_backoff_min: Duration::from_millis(
-                args.retry_backoff_min_ms
-                    .or(file.retry_backoff_min_ms)
-                    .unwrap_or(30_000),
-            ),
-            retry_backoff_max: Duration::from_millis(
-                args.retry_backoff_max_ms
-                    .or(file.retry_backoff_max_ms)
-                    .unwrap_or(1_800_000),
-            ),
+            retry_backoff_min: given(low.retry_backoff_min_ms, "retry_backoff_min_ms")?,
+            retry_backoff_max: given(low.retry_backoff_max_ms, "retry_backoff_max_ms")?,
             retention: Duration::from_secs(
-                u64::from(args.retention_days.or(file.retention_days).unwrap_or(30)) * 86_400,
+                given(low.retention_days, "retention_days")?.saturating_mul(86_400),
             ),
-            shutdown_grace: Duration::from_secs(
-                args.shutdown_grace.or(file.shutdown_grace).unwrap_or(30),
-            ),
-            event_max_connections: args
-                .event_max_connections
-                .or(file.event_max_connections)
-                .unwrap_or(1024),
-            admin_max_connections: args
-                .admin_max_connections
-                .or(file.admin_max_connections)
-                .unwrap_or(128),
-            client_header_timeout: Duration::from_secs(
-                args.client_header_timeout
-                    .or(file.client_header_timeout)
-                    .unwrap_or(10),
-            ),
-            client_body_timeout: Duration::from_secs(
-                args.client_body_timeout
-                    .or(file.client_body_timeout)
-                    .unwrap_or(30),
-            ),
-        };
-        settings.check()?;
-        Ok(settings)
+            shutdown_grace: given(low.shutdown_grace, "shutdown_grace")?,
+            event_max_connections: count(
+                given(low.event_max_connections, "event_max_connections")?,
+                "event_max_connections",
+            )?,
+            admin_max_connections: count(
+                given(low.admin_max_connections, "admin_max_connections")?,
+                "admin_max_connections",
+            )?,
+            client_header_timeout: given(low.client_header_timeout, "client_header_timeout")?,
+            client_body_timeout: given(low.client_body_timeout, "client_body_timeout")?,
+        })
     }
 
+    /// The rules across settings or beyond a kind's range (each kind's range, e.g.
+    /// `plugin_concurrency` 1 to 64, is checked from its declaration).
     fn check(&self) -> Result<(), SettingsError> {
-        if self.plugin_call_timeout.is_zero() {
-            return Err(SettingsError::Invalid(
-                "plugin_call_timeout must be at least 1 second".into(),
-            ));
-        }
-        if !(1..=64).contains(&self.plugin_concurrency) {
-            return Err(SettingsError::Invalid(
-                "plugin_concurrency must be between 1 and 64".into(),
-            ));
-        }
         if let Some(token) = &self.admin_token {
             if token.expose().chars().count() < 16 {
                 return Err(SettingsError::Invalid(
@@ -473,34 +1235,9 @@ impl HostSettings {
                 ));
             }
         }
-        for (key, value) in [
-            ("event_max_connections", self.event_max_connections),
-            ("admin_max_connections", self.admin_max_connections),
-        ] {
-            if !(1..=1_000_000).contains(&value) {
-                return Err(SettingsError::Invalid(format!(
-                    "{key} must be between 1 and 1000000"
-                )));
-            }
-        }
-        for (key, value) in [
-            ("client_header_timeout", self.client_header_timeout),
-            ("client_body_timeout", self.client_body_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(SettingsError::Invalid(format!(
-                    "{key} must be at least 1 second"
-                )));
-            }
-        }
         if self.retry_backoff_min.is_zero() || self.retry_backoff_min > self.retry_backoff_max {
             return Err(SettingsError::Invalid(
                 "retry_backoff_min_ms must be above 0 and not above retry_backoff_max_ms".into(),
-            ));
-        }
-        if self.retention.is_zero() {
-            return Err(SettingsError::Invalid(
-                "retention_days must be at least 1".into(),
             ));
         }
         if !self.admin_listen.ip().is_loopback() && self.admin_token.is_none() {
@@ -519,6 +1256,68 @@ impl HostSettings {
     }
 }
 
+/// Every setting as a Markdown table: the README's reference (a test keeps them equal).
+pub fn reference_markdown() -> String {
+    let mut out = String::from(
+        "| key (file) | flag | environment | value | default | meaning |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for s in SETTINGS {
+        out.push_str(&format!(
+            "| `{}` | `--{}` | `{}` | {} | {} | {} |\n",
+            s.key,
+            s.flag,
+            s.env,
+            s.kind.describe(),
+            s.default_shown(),
+            s.help.replace('|', "\\|"),
+        ));
+    }
+    out
+}
+
+/// `text` as `# ` comment lines of at most about 88 columns.
+fn comment(text: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::from("#");
+    for word in text.split_whitespace() {
+        if line.len() > 1 && line.len() + 1 + word.len() > 88 {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::from("#");
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
+}
+
+/// An example settings file: every setting commented out at its default, with its help.
+pub fn example_toml() -> String {
+    let mut out = comment(
+        "Host settings of the middleware engine (middleware-engine --config engine.toml). \
+         Every key is optional: each is shown commented out at its default. MWE_* \
+         environment variables override this file, and flags override both. Relative \
+         paths are relative to this file; unknown keys are refused.",
+    );
+    for s in SETTINGS {
+        out.push('\n');
+        out.push_str(&comment(&format!("{}.", s.help)));
+        out.push_str(&comment(&format!(
+            "Value: {}. Default: {}. Flag --{}, environment {}.",
+            s.kind.describe().replace('`', ""),
+            s.default_shown().replace('`', ""),
+            s.flag,
+            s.env
+        )));
+        if let Some(value) = s.example_value() {
+            out.push_str(&format!("# {} = {value}\n", s.key));
+        }
+    }
+    out
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,5 +1398,302 @@ mod tests {
             err.to_string(),
             "plugin_concurrency must be between 1 and 64"
         );
+    }
+
+    use std::collections::HashMap;
+
+    use clap::Args as _;
+
+    fn command() -> clap::Command {
+        SettingsArgs::augment_args(clap::Command::new("middleware-engine"))
+    }
+
+    /// Flags and the given environment, as the command line reads them.
+    fn parse(argv: &[&str], env: &[(&str, &str)]) -> Result<SettingsArgs, String> {
+        let matches = command()
+            .try_get_matches_from(std::iter::once("middleware-engine").chain(argv.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let env: HashMap<String, OsString> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OsString::from(v)))
+            .collect();
+        SettingsArgs::from_parts(&matches, &|name| env.get(name).cloned())
+    }
+
+    fn file_error(text: &str) -> SettingsError {
+        SettingsArgs::from_toml_text(
+            text,
+            Path::new("/etc/mwe/engine.toml"),
+            Path::new("/etc/mwe"),
+        )
+        .expect_err("refused")
+    }
+
+    /// A valid value other than the default, as a flag gives it and as the file does.
+    fn sample(setting: &Setting) -> (String, String) {
+        let quoted = |s: &str| (s.to_owned(), format!("{s:?}"));
+        match setting.kind {
+            Kind::Path => quoted("/srv/sample"),
+            Kind::Addr => quoted("127.0.0.2:4321"),
+            Kind::Int { min, .. } => ((min + 1).to_string(), (min + 1).to_string()),
+            Kind::Seconds { .. } => ("7".into(), "7".into()),
+            Kind::Millis { .. } => ("40000".into(), "40000".into()),
+            Kind::Bool => ("true".into(), "true".into()),
+            Kind::List => (
+                "10.9.0.0/16,192.0.2.1".into(),
+                "[\"10.9.0.0/16\", \"192.0.2.1\"]".into(),
+            ),
+            Kind::Text => quoted("debug"),
+            Kind::Enum(names) => {
+                let other = names
+                    .iter()
+                    .find(|n| setting.default != Fallback::Value(n))
+                    .expect("another name");
+                quoted(other)
+            }
+            Kind::Secret => quoted("sample-token-0123456789"),
+        }
+    }
+
+    #[test]
+    fn every_setting_can_be_set_by_its_flag_its_variable_and_its_file_key() {
+        let defaults = HostSettings::resolve(&SettingsArgs::default()).expect("defaults");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for setting in SETTINGS {
+            let (text, toml_value) = sample(setting);
+            let flag = format!("--{}", setting.flag);
+            let by_flag = parse(&[&flag, &text], &[]).expect("flag parses");
+            let by_env = parse(&[], &[(setting.env, &text)]).expect("variable parses");
+            let file = dir.path().join(format!("{}.toml", setting.key));
+            std::fs::write(&file, format!("{} = {toml_value}\n", setting.key)).expect("write");
+            let by_file = SettingsArgs {
+                config: Some(file),
+                ..SettingsArgs::default()
+            };
+            let resolved: Vec<HostSettings> = [by_flag, by_env, by_file]
+                .iter()
+                .map(|args| HostSettings::resolve(args).expect(setting.key))
+                .collect();
+            assert_ne!(resolved[0], defaults, "{} by its flag", setting.key);
+            assert_eq!(resolved[0], resolved[1], "{} by its variable", setting.key);
+            assert_eq!(resolved[0], resolved[2], "{} by its file key", setting.key);
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_environment_and_empty_variables_are_unset() {
+        let args = parse(
+            &["--log-level", "warn"],
+            &[
+                ("MWE_LOG_LEVEL", "debug"),
+                ("MWE_DATA_DIR", ""),
+                ("MWE_CONFIG", "/x.toml"),
+            ],
+        )
+        .expect("parses");
+        assert_eq!(args.log_level.as_deref(), Some("warn"));
+        assert_eq!(args.data_dir, None);
+        assert_eq!(args.config, Some(PathBuf::from("/x.toml")));
+        let args = parse(
+            &[
+                "--admin-hostnames",
+                "a.example,b.example",
+                "--admin-hostnames",
+                "c.example",
+            ],
+            &[],
+        )
+        .expect("parses");
+        assert_eq!(
+            args.admin_hostnames,
+            Some(vec![
+                "a.example".into(),
+                "b.example".into(),
+                "c.example".into()
+            ])
+        );
+    }
+
+    #[test]
+    fn a_bad_variable_is_named_and_a_secret_is_never_shown() {
+        let err = parse(&[], &[("MWE_PLUGIN_CONCURRENCY", "many")]).expect_err("refused");
+        assert_eq!(
+            err,
+            "invalid value \"many\" for the environment variable MWE_PLUGIN_CONCURRENCY: expected a whole number"
+        );
+        let err = parse(&["--client-header-timeout", "soon"], &[]).expect_err("refused");
+        assert!(err.contains("--client-header-timeout"), "{err}");
+        let args = parse(&[], &[("MWE_ADMIN_TOKEN", "do-not-print-this-token")]).expect("parses");
+        let shown = format!("{args:?}");
+        assert!(!shown.contains("do-not-print"), "{shown}");
+        assert!(
+            shown.contains("admin_token: Some(\"[redacted]\")"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_toml_error_names_the_file_the_line_the_column_and_the_key() {
+        let err = file_error("plugins_dir = \"p\"\nplugin_call_timeout = \"soon\"\n");
+        assert_eq!(
+            err.to_string(),
+            "the settings file /etc/mwe/engine.toml is not valid at line 2, column 23 (key `plugin_call_timeout`): expected a whole number of seconds, found a string"
+        );
+
+        let err = file_error("log_level = \"info\nlog_format = \"json\"\n");
+        let SettingsError::Parse {
+            line, column, key, ..
+        } = &err
+        else {
+            panic!("a parse error: {err}");
+        };
+        assert_eq!((*line, *column), (Some(1), Some(18)), "{err}");
+        assert_eq!(key.as_deref(), Some("log_level"), "{err}");
+
+        let err = file_error("\n  admin_listen = \"nowhere\"\n");
+        assert!(
+            err.to_string().starts_with(
+                "the settings file /etc/mwe/engine.toml is not valid at line 2, column 18 (key `admin_listen`): "
+            ),
+            "{err}"
+        );
+
+        let err = file_error("retention_days = 30\nplugin_dir = \"x\"\n");
+        assert_eq!(
+            err.to_string(),
+            "the settings file /etc/mwe/engine.toml is not valid at line 2, column 1 (key `plugin_dir`): unknown field `plugin_dir`, did you mean `plugins_dir`?"
+        );
+
+        let err = file_error("event_max_connections = -1\n");
+        assert!(err.to_string().contains("line 1, column 25"), "{err}");
+        let err = file_error("admin_hostnames = \"a.example\"\n");
+        assert!(
+            err.to_string()
+                .ends_with("expected a list of strings, found a string"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn each_kind_reads_its_text_and_its_file_value_and_checks_its_range() {
+        let base = Path::new("/etc/mwe");
+        assert_eq!(bool::parse(&Kind::Bool, "true"), Ok(true));
+        assert!(bool::parse(&Kind::Bool, "yes").is_err());
+        assert_eq!(
+            bool::from_toml(&Kind::Bool, &toml::Value::Boolean(false), base),
+            Ok(false)
+        );
+        let millis = Kind::Millis { min: 5 };
+        let d = Duration::parse(&millis, "4").expect("ms");
+        assert_eq!(d, Duration::from_millis(4));
+        assert_eq!(d.check(&millis), Err("must be at least 5 ms".into()));
+        let relative = PathBuf::from_toml(&Kind::Path, &toml::Value::String("p".into()), base);
+        assert_eq!(relative, Ok(PathBuf::from("/etc/mwe/p")));
+        assert_eq!(
+            u64::from_toml(
+                &Kind::Int { min: 0, max: 9 },
+                &toml::Value::Float(1.5),
+                base
+            ),
+            Err("expected a whole number, found a float".into())
+        );
+    }
+
+    #[test]
+    fn the_declarations_are_consistent_and_their_defaults_valid() {
+        let mut keys = std::collections::HashSet::new();
+        for s in SETTINGS {
+            assert!(keys.insert(s.key), "{} declared twice", s.key);
+            assert_eq!(s.flag, s.key.replace('_', "-"), "{}", s.key);
+            assert_eq!(
+                s.env,
+                format!("MWE_{}", s.key.to_ascii_uppercase()),
+                "{}",
+                s.key
+            );
+        }
+        SettingsArgs::defaults().expect("every default parses");
+        for name in LogFormat::NAMES {
+            assert!(LogFormat::from_name(name).is_some(), "{name}");
+        }
+        command().debug_assert();
+    }
+
+    #[test]
+    fn help_shows_each_default_and_variable() {
+        let help = command().render_long_help().to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for s in SETTINGS {
+            let default = match s.default {
+                Fallback::Value(v) | Fallback::Unset(v) => v,
+            };
+            assert!(
+                help.contains(&format!("--{} <{}>", s.flag, s.value_name)),
+                "{help}"
+            );
+            assert!(
+                help.contains(&format!("[default: {default}] [env: {}]", s.env)),
+                "{} in {help}",
+                s.key
+            );
+        }
+        assert!(help.contains("[env: MWE_CONFIG]"), "{help}");
+    }
+
+    #[test]
+    fn the_readme_table_is_the_generated_reference() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("\n## ")
+            .find(|s| s.starts_with("Running the engine"))
+            .expect("the section Running the engine");
+        let table: String = section
+            .lines()
+            .skip_while(|l| !l.starts_with("| key (file)"))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            table,
+            reference_markdown(),
+            "README.md's settings table differs from reference_markdown(); replace it with:\n{}",
+            reference_markdown()
+        );
+    }
+
+    #[test]
+    fn the_example_file_uncommented_gives_the_defaults() {
+        let example = example_toml();
+        let uncommented: String = example
+            .lines()
+            .map(|line| {
+                let setting = line.strip_prefix("# ").filter(|rest| {
+                    SETTINGS
+                        .iter()
+                        .any(|s| rest.starts_with(&format!("{} = ", s.key)))
+                });
+                format!("{}\n", setting.unwrap_or(line))
+            })
+            .collect();
+        for s in SETTINGS {
+            assert!(example.contains(&format!("# {} = ", s.key)), "{}", s.key);
+            assert!(
+                uncommented.contains(&format!("\n{} = ", s.key)),
+                "{}",
+                s.key
+            );
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("engine.toml");
+        std::fs::write(&file, &uncommented).expect("write");
+        let from_file = HostSettings::resolve(&SettingsArgs {
+            config: Some(file),
+            ..SettingsArgs::default()
+        })
+        .expect("the example is a valid settings file");
+        let mut defaults = HostSettings::resolve(&SettingsArgs::default()).expect("defaults");
+        defaults.plugins_dir = dir.path().join(&defaults.plugins_dir);
+        defaults.data_dir = dir.path().join(&defaults.data_dir);
+        assert_eq!(from_file, defaults);
     }
 }

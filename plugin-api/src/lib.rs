@@ -11,6 +11,7 @@
 //! of the types in [`model`] and [`manifest`]; errors cross as a small typed struct.
 
 mod abi;
+pub mod common;
 #[cfg(target_os = "linux")]
 mod elf;
 pub mod kit;
@@ -18,15 +19,17 @@ pub mod loader;
 pub mod manifest;
 pub mod model;
 
-pub use kit::{runtime, Logger, OpenContext, Plugin};
-pub use manifest::{
-    check_common_settings, check_host_name, common_bt_settings, ActionDecl, EventTypeDecl,
-    Manifest, SettingDecl, SettingKind, BT_SECTION,
+pub use common::{
+    check_common_settings, check_host_name, common_bt_settings, ApplianceAccess, CommonSettings,
 };
+pub use kit::{runtime, Logger, OpenContext, Plugin};
+pub use manifest::{ActionDecl, EventTypeDecl, Manifest, SettingDecl, SettingKind, BT_SECTION};
 pub use model::{
     Check, ErrorKind, Event, EventSource, FieldError, LogLevel, Outcome, PluginError, PollRequest,
     PollResult, PolledEvent, Settings, TestReport,
 };
+/// Secrets held by plugins: no `Debug` or `Display` of the value, zeroized on drop.
+pub use secrecy::{ExposeSecret, SecretString};
 
 /// The plugin-api version a plugin was built against; the host refuses plugins
 /// whose version is not compatible with its own (see `loader::LoadError`).

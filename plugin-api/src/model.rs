@@ -15,9 +15,19 @@ use serde_json::Value;
 /// The host validates settings against the plugin's declarations before it opens an
 /// instance, so the accessors here only convert; a missing optional value reads as
 /// its declared default, which the host fills in.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Settings(pub serde_json::Map<String, Value>);
+
+/// Names the settings, never their values: secrets are among them, and a settings
+/// value printed by accident must not leak one.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("keys", &self.0.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
 
 impl Settings {
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -319,6 +329,16 @@ impl LogLevel {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn debug_output_names_settings_but_shows_no_value() {
+        let mut s = Settings::default();
+        s.set("bt_client_secret", "hunter2-very-secret");
+        let printed = format!("{s:?}");
+        assert!(printed.contains("bt_client_secret"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
     use super::*;
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod appliance;
 mod checks;
 pub mod dynamics;
+pub mod error;
 mod http;
 pub mod provision;
 pub mod rules;
@@ -59,26 +60,62 @@ impl Plugin for Dynamics365 {
         }
     }
 
+    // The plugin's typed errors become the kit's here, and only here.
     fn handle_event(&self, event: &Event) -> Result<Outcome, PluginError> {
-        block_on(self.sync.handle(event))?
+        Ok(block_on(self.sync.handle(event))??)
     }
 
     fn poll(&self, request: &PollRequest) -> Result<PollResult, PluginError> {
-        block_on(self.sync.poll(request))?
+        Ok(block_on(self.sync.poll(request))??)
     }
 
     fn run_action(&self, action: &str, progress: &Logger) -> Result<TestReport, PluginError> {
         let dynamics = &self.sync.dynamics;
         match action {
-            settings::ACTION_PROVISION => block_on(provision::provision(dynamics, progress))?,
-            settings::ACTION_CHECK_SCHEMA => block_on(async {
-                let table = schema::table();
-                let meta = provision::read_table(dynamics, table).await?;
-                Ok(provision::report(&provision::compare(table, meta.as_ref())))
-            })?,
+            settings::ACTION_PROVISION => Ok(block_on(provision::provision(dynamics, progress))??),
+            settings::ACTION_CHECK_SCHEMA => Ok(block_on(provision::check(dynamics))??),
             other => Err(PluginError::configuration(format!("no action {other:?}"))),
         }
     }
 }
 
 plugin_api::export_plugin!(Dynamics365);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BT_SECRET: &str = "bt-secret-value-4711";
+    const AZURE_SECRET: &str = "azure-secret-value-0815";
+
+    fn config() -> settings::Config {
+        let mut s = Settings::default();
+        for (key, value) in [
+            ("bt_hostname", "support.example.com"),
+            ("bt_client_id", "0123456789abcdef"),
+            ("bt_client_secret", BT_SECRET),
+            ("dynamics_url", "https://contoso.crm4.dynamics.com/"),
+            ("azure_tenant_id", "72f988bf-86f1-41af-91ab-2d7cd011db47"),
+            ("azure_client_id", "11111111-2222-3333-4444-555555555555"),
+            ("azure_client_secret", AZURE_SECRET),
+            ("time_zone", "Europe/Berlin"),
+        ] {
+            s.set(key, value);
+        }
+        settings::Config::from_settings(&s).expect("valid settings")
+    }
+
+    #[test]
+    fn no_settings_struct_prints_a_secret() {
+        use secrecy::ExposeSecret;
+        let config = config();
+        let printed = format!("{:?} {:#?}", config.appliance, config.dynamics);
+        assert!(!printed.contains(BT_SECRET), "{printed}");
+        assert!(!printed.contains(AZURE_SECRET), "{printed}");
+        assert!(printed.contains("REDACTED"), "{printed}");
+        assert!(printed.contains("support.example.com"), "the rest is shown");
+        // The values are there for the calls that need them.
+        assert_eq!(config.appliance.client_secret.expose_secret(), BT_SECRET);
+        assert_eq!(config.dynamics.client_secret.expose_secret(), AZURE_SECRET);
+    }
+}

@@ -97,7 +97,8 @@ fn hms_seconds(text: &str) -> Option<i64> {
     }
 }
 
-fn truncate(text: &str, column: &str) -> String {
+/// `text` cut to the column's maximum length (in characters), if it has one.
+pub fn truncate(text: &str, column: &str) -> String {
     match schema::table().max_length(column) {
         Some(max) if text.chars().count() > max => text.chars().take(max).collect(),
         _ => text.to_owned(),

@@ -44,6 +44,12 @@ pub struct Lookup {
     pub relationship_schema_name: String,
 }
 
+impl Lookup {
+    pub fn logical_name(&self) -> String {
+        self.schema_name.to_lowercase()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AlternateKey {
     pub schema_name: String,

@@ -195,7 +195,7 @@ impl Config {
             appliance: crate::appliance::ApplianceSettings {
                 host: required("bt_hostname")?,
                 client_id: required("bt_client_id")?,
-                client_secret: required("bt_client_secret")?,
+                client_secret: required("bt_client_secret")?.into(),
                 locale: s.str("bt_locale").unwrap_or("en-us").to_owned(),
                 tls: tls.clone(),
             },
@@ -203,7 +203,7 @@ impl Config {
                 url: required("dynamics_url")?.trim_end_matches('/').to_owned(),
                 tenant_id: required("azure_tenant_id")?,
                 client_id: required("azure_client_id")?,
-                client_secret: required("azure_client_secret")?,
+                client_secret: required("azure_client_secret")?.into(),
                 cloud: crate::dynamics::Cloud::parse(s.str("azure_cloud")),
                 tls,
             },

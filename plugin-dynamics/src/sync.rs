@@ -4,14 +4,15 @@
 use std::collections::BTreeMap;
 
 use plugin_api::model::PolledEvent;
-use plugin_api::{Event, Logger, Outcome, PluginError, PollRequest, PollResult};
+use plugin_api::{Event, Logger, Outcome, PollRequest, PollResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::appliance::xml::{SessionReport, SurveyLine};
 use crate::appliance::{ApplianceClient, SurveyKind};
-use crate::dynamics::{encode, id_from_entity_url, odata_string, DynamicsClient};
-use crate::rules::{self, Gate, ImportRules, Times};
+use crate::dynamics::{encode, id_from_entity_url, odata_string, Collection, DynamicsClient};
+use crate::error::Error;
+use crate::rules::{self, truncate, Gate, ImportRules, Times};
 use crate::schema;
 use crate::settings::{CUSTOMER_SURVEY, REP_SURVEY, SESSION_END};
 
@@ -43,12 +44,24 @@ struct Cursor {
     seen: BTreeMap<String, i64>,
 }
 
+/// A Case as the lookup reads it.
+#[derive(Deserialize)]
+struct Case {
+    incidentid: String,
+}
+
+/// The written row's id, read back when Dataverse did not name it in `OData-EntityId`.
+#[derive(Deserialize)]
+struct SessionRowId {
+    bt_sessionid: String,
+}
+
 fn survey_field(lines: &Option<Vec<SurveyLine>>) -> Option<String> {
     lines.as_ref().and_then(|l| serde_json::to_string(l).ok())
 }
 
 impl Sync {
-    pub async fn handle(&self, event: &Event) -> Result<Outcome, PluginError> {
+    pub async fn handle(&self, event: &Event) -> Result<Outcome, Error> {
         let Some(lsid) = event.lsid.as_deref() else {
             return Ok(Outcome::Skipped {
                 reason: "the event names no session (lsid)".into(),
@@ -71,11 +84,11 @@ impl Sync {
         let report = match polled {
             Some(report) => report,
             None => self.appliance.session(lsid).await?.ok_or_else(|| {
-                PluginError::retryable(format!("the appliance has no report for session {lsid} yet (reports can lag the end event)"))
+                Error::NotYet(format!("the appliance has no report for session {lsid} yet (reports can lag the end event)"))
             })?,
         };
         if report.end_time.is_none() && kind.is_none() {
-            return Err(PluginError::retryable(format!(
+            return Err(Error::NotYet(format!(
                 "session {lsid} has not ended yet in the appliance's report"
             )));
         }
@@ -135,11 +148,11 @@ impl Sync {
         kind: SurveyKind,
         lsid: &str,
         required: bool,
-    ) -> Result<Option<Vec<SurveyLine>>, PluginError> {
+    ) -> Result<Option<Vec<SurveyLine>>, Error> {
         let mut surveys = self.appliance.surveys(kind, &[lsid]).await?;
         match surveys.iter().position(|(l, _)| l == lsid) {
             Some(i) => Ok(Some(surveys.swap_remove(i).1)),
-            None if required => Err(PluginError::retryable(format!(
+            None if required => Err(Error::NotYet(format!(
                 "the appliance has no exit survey for session {lsid} yet"
             ))),
             None => Ok(None),
@@ -147,23 +160,23 @@ impl Sync {
     }
 
     /// The case (id, ticket number) whose ticket number is `key`, if any.
-    async fn find_case(&self, key: &str) -> Result<Option<(String, String)>, PluginError> {
+    async fn find_case(&self, key: &str) -> Result<Option<(String, String)>, Error> {
         let filter = format!("ticketnumber eq {}", odata_string(key));
         let path = format!(
             "incidents?$select=incidentid,ticketnumber&$filter={}&$top=2",
             encode(&filter)
         );
-        let answer = self.dynamics.get_json(&path, "the case lookup").await?;
-        let cases = answer["value"].as_array().cloned().unwrap_or_default();
-        if cases.len() > 1 {
+        let cases: Collection<Case> = self.dynamics.get_json(&path, "the case lookup").await?;
+        if cases.value.len() > 1 {
             self.log.warn(&format!(
                 "more than one Case has the ticket number {key:?}; linking the first"
             ));
         }
         Ok(cases
-            .first()
-            .and_then(|c| c["incidentid"].as_str())
-            .map(|id| (id.to_owned(), key.to_owned())))
+            .value
+            .into_iter()
+            .next()
+            .map(|c| (c.incidentid, key.to_owned())))
     }
 
     async fn upsert(
@@ -172,7 +185,7 @@ impl Sync {
         case: Option<&(String, String)>,
         customer: Option<&[SurveyLine]>,
         rep: Option<&[SurveyLine]>,
-    ) -> Result<String, PluginError> {
+    ) -> Result<String, Error> {
         let table = schema::table();
         let (mut row, overflow) = rules::session_columns(report, self.times);
         if let Some(lines) = customer {
@@ -228,24 +241,21 @@ impl Sync {
         Ok(detail)
     }
 
-    async fn row_id(&self, path: &str) -> Result<String, PluginError> {
+    async fn row_id(&self, path: &str) -> Result<String, Error> {
         let table = schema::table();
-        let row = self
+        let row: SessionRowId = self
             .dynamics
             .get_json(
                 &format!("{path}?$select={}", table.primary_id),
                 "reading the session row",
             )
             .await?;
-        row[&table.primary_id]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| PluginError::retryable("Dataverse did not say which row it wrote"))
+        Ok(row.bt_sessionid)
     }
 
     /// The whole transcript as a text note on the row; its id comes from the lsid, so
     /// a replay updates the same note.
-    async fn overflow_note(&self, lsid: &str, row_id: &str, full: &str) -> Result<(), PluginError> {
+    async fn overflow_note(&self, lsid: &str, row_id: &str, full: &str) -> Result<(), Error> {
         use base64::Engine as _;
         let table = schema::table();
         let note = json!({
@@ -268,7 +278,7 @@ impl Sync {
     }
 
     /// One time-range report call per poll: sessions that ended since the cursor.
-    pub async fn poll(&self, request: &PollRequest) -> Result<PollResult, PluginError> {
+    pub async fn poll(&self, request: &PollRequest) -> Result<PollResult, Error> {
         let mut cursor: Cursor = request
             .cursor
             .as_ref()
@@ -348,13 +358,6 @@ impl Sync {
     }
 }
 
-fn truncate(text: &str, column: &str) -> String {
-    match schema::table().max_length(column) {
-        Some(max) if text.chars().count() > max => text.chars().take(max).collect(),
-        _ => text.to_owned(),
-    }
-}
-
 /// A stable GUID for a session's transcript note (two FNV-1a hashes of the lsid).
 pub fn note_id(lsid: &str) -> String {
     let fnv = |seed: u64| {
@@ -377,6 +380,14 @@ pub fn note_id(lsid: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_row_id_is_read_by_the_definitions_primary_id() {
+        assert_eq!(schema::table().primary_id, "bt_sessionid");
+        let row: SessionRowId =
+            serde_json::from_str(r#"{"@odata.etag":"W/1","bt_sessionid":"ab-12"}"#).expect("row");
+        assert_eq!(row.bt_sessionid, "ab-12");
+    }
 
     #[test]
     fn note_ids_are_stable_guids() {

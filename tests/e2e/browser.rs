@@ -105,29 +105,97 @@ async fn gone(client: &Client, css: &str) {
     }
 }
 
-async fn type_into(client: &Client, css: &str, text: &str) {
-    let el = find(client, css).await;
-    // Bring the field into view inside the scrolling dialog first.
-    let _ = client
-        .execute(
-            "arguments[0].scrollIntoView({block: 'center'});",
-            vec![serde_json::to_value(&el).expect("element")],
-        )
-        .await;
-    el.clear()
-        .await
-        .unwrap_or_else(|e| panic!("cannot clear {css}: {e}"));
-    el.send_keys(text)
-        .await
-        .unwrap_or_else(|e| panic!("cannot type into {css}: {e}"));
+/// How long the page may take to reach a state: generous, so that only a broken run
+/// fails, never a slow one.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Brings `arguments[0]` to the middle of its scrolling box and tells whether it can take
+/// a click or keys now: `{at}` (its box) when it is on the page, shown, enabled and the
+/// topmost element at its centre, `{blocked}` (why not) otherwise. A dialog still open
+/// over it, a re-render under way or a scroll that moved it all show here.
+const INTERACTABLE: &str = r#"
+const el = arguments[0];
+if (!el.isConnected) return { blocked: "it was replaced by a re-render" };
+el.scrollIntoView({ block: "center", inline: "center" });
+const r = el.getBoundingClientRect();
+if (r.width === 0 || r.height === 0) return { blocked: "it is not displayed" };
+if (el.matches(":disabled")) return { blocked: "it is disabled" };
+const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+if (top !== el && !el.contains(top)) {
+  return { blocked: "the click would go to " + (top ? top.outerHTML.slice(0, 160) : "nothing") };
+}
+return { at: [r.left, r.top, r.width, r.height].join(",") };
+"#;
+
+/// Waits until `css` is interactable (see `INTERACTABLE`) and has stayed where it was at
+/// the previous look, so that no scroll or layout is moving it, and returns it.
+async fn interactable(client: &Client, css: &str, deadline: Instant) -> Element {
+    let mut previous: Option<String> = None;
+    loop {
+        let (at, why) = match client.find(Locator::Css(css)).await {
+            Err(e) => (None, format!("it is not on the page ({e})")),
+            Ok(el) => {
+                let arg = serde_json::to_value(&el).expect("element");
+                match client.execute(INTERACTABLE, vec![arg]).await {
+                    Ok(state) => match state["at"].as_str() {
+                        Some(at) if previous.as_deref() == Some(at) => return el,
+                        Some(at) => (Some(at.to_owned()), "it was still moving".to_owned()),
+                        None => (None, state["blocked"].as_str().unwrap_or("?").to_owned()),
+                    },
+                    Err(e) => (None, e.to_string()),
+                }
+            }
+        };
+        previous = at;
+        assert!(
+            Instant::now() < deadline,
+            "{css} did not become interactable in {PATIENCE:?}: {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
+/// A refusal that only means "not yet": the page changed between the look and the act.
+fn not_yet(e: &fantoccini::error::CmdError) -> bool {
+    e.is_stale_element_reference()
+        || e.is_element_not_interactable()
+        || matches!(e, fantoccini::error::CmdError::Standard(w)
+            if w.error == fantoccini::error::ErrorStatus::ElementClickIntercepted)
+}
+
+/// Clicks `css` once it can take the click; a click the browser still refuses (another
+/// element would receive it, or a re-render replaced it) did not happen and is tried again.
 async fn click(client: &Client, css: &str) {
-    find(client, css)
-        .await
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("cannot click {css}: {e}"));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match interactable(client, css, deadline).await.click().await {
+            Ok(()) => return,
+            Err(e) if not_yet(&e) && Instant::now() < deadline => {}
+            Err(e) => panic!("cannot click {css}: {e}"),
+        }
+    }
+}
+
+/// Replaces the text of the field `css` once it can take keys, and checks it holds `text`.
+async fn type_into(client: &Client, css: &str, text: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let el = interactable(client, css, deadline).await;
+        let typed = match el.clear().await {
+            Ok(()) => el.send_keys(text).await,
+            Err(e) => Err(e),
+        };
+        match typed {
+            Ok(()) if el.prop("value").await.ok().flatten().as_deref() == Some(text) => return,
+            Ok(()) => {}
+            Err(e) if not_yet(&e) => {}
+            Err(e) => panic!("cannot type into {css}: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{css} did not take {text:?} in {PATIENCE:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,22 +342,12 @@ async fn an_admin_manages_a_dynamics_configuration_in_the_page() {
     .await;
     screenshot(&client, "6-history").await;
     click(&client, "[data-action=retry]").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        click(&client, "#history-filters button[type=submit]").await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if client
-            .find(Locator::Css("[data-state=succeeded]"))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the retried event did not succeed"
-        );
-    }
+    // The page shows the event queued again; once the engine has done it, a reload of
+    // the history shows it succeeded.
+    gone(&client, "[data-state=failed]").await;
+    env.host.wait_for_state("succeeded", 1).await;
+    click(&client, "#history-filters button[type=submit]").await;
+    find(&client, "tr[data-event-id] [data-state=succeeded]").await;
     screenshot(&client, "7-retried").await;
     assert!(env.dataverse.row(&lsid).is_some());
     client.close().await.expect("close");

@@ -748,6 +748,33 @@ async fn a_locked_database_gets_503_so_the_appliance_keeps_the_event() {
     );
 }
 
+/// The calls a plugin recorded across kill -9s, one JSON object a line. Each record is
+/// written with one `write`, so a kill leaves no torn line: every line is parsed
+/// strictly, and one that is not a whole record fails the test, naming it.
+fn recorded_calls(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{} ends in a torn record: {:?}",
+        path.display(),
+        text.lines().last().unwrap_or_default()
+    );
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!(
+                    "line {} of {} is not one whole record ({e}); was it written in more than one write? {line}",
+                    i + 1,
+                    path.display()
+                )
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_kill_9_during_thousands_of_events_loses_none_and_repeats_only_calls_in_flight() {
     let plugins = plugins();
@@ -829,7 +856,7 @@ async fn repeated_kill_9_during_thousands_of_events_loses_none_and_repeats_only_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut per_lsid = std::collections::HashMap::<String, usize>::new();
-    for call in json_lines(&record) {
+    for call in recorded_calls(&record) {
         *per_lsid
             .entry(call["lsid"].as_str().unwrap_or_default().to_owned())
             .or_default() += 1;

@@ -2,7 +2,9 @@
 //! `docs/benchmarks.md`. Run through `bash examples/bench.sh`.
 //!
 //! 1. Intake: durable accepts per second and latency at 1, 8 and 64 concurrent
-//!    senders, beside a bare handler on the same HTTP stack that stores nothing.
+//!    senders, beside a bare handler on the same HTTP stack that stores nothing, both
+//!    driven by `wrk`; then at 8 senders on a store of 100,000 events, alone and with
+//!    history queries running beside it.
 //! 2. End to end through the real host and Dynamics cdylib against the simulators:
 //!    sessions per minute without a limit, and with a Dataverse-like limit (scaled
 //!    down) the share of the limit used and whether any request came before a
@@ -16,16 +18,18 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod wrk;
 use simulators::appliance::model::SessionSpec;
 use simulators::appliance::{Appliance, ApplianceOptions};
 use simulators::dataverse::{Dataverse, DataverseOptions, Limits};
 
 const LEVEL_SECONDS: u64 = 5;
+/// Events in the store of the "beside history queries" runs.
+const STORED: i64 = 100_000;
 
 struct Engine {
     child: Child,
@@ -104,10 +108,9 @@ struct Restart {
     pruned: Duration,
 }
 
-/// Fills a store with [`HISTORY`] events (an `ignored` job each, half of them
-/// finished long ago), starts the engine on it and measures from the start.
-async fn restart_on_history(binary: &Path, plugins: &Path, data: &Path) -> Restart {
-    drop(start_engine(binary, plugins, data)); // creates the schema
+/// Adds `count` events (an `ignored` job each) to the store in `data`; the first
+/// `old` of them finished long ago, past any retention.
+fn fill_store(data: &Path, count: i64, old: i64) {
     let fill = || -> rusqlite::Result<()> {
         let mut db = rusqlite::Connection::open(data.join("engine.sqlite3"))?;
         let tx = db.transaction()?;
@@ -121,12 +124,8 @@ async fn restart_on_history(binary: &Path, plugins: &Path, data: &Path) -> Resta
                  VALUES (?1, 'outbound', 'support_conference_end', ?2, 'ignored', ?3, 'no configuration', ?3, ?3)",
             )?;
             let now = chrono::Utc::now().timestamp_millis();
-            for i in 0..HISTORY {
-                let at = if i < HISTORY / 2 {
-                    1_000 + i
-                } else {
-                    now - 1_000
-                };
+            for i in 0..count {
+                let at = if i < old { 1_000 + i } else { now - 1_000 };
                 let lsid = format!("history-{i}");
                 event.execute(rusqlite::params![lsid, i, at])?;
                 job.execute(rusqlite::params![tx.last_insert_rowid(), lsid, at])?;
@@ -135,6 +134,13 @@ async fn restart_on_history(binary: &Path, plugins: &Path, data: &Path) -> Resta
         tx.commit()
     };
     fill().unwrap_or_else(|e| fail(format!("cannot fill the store: {e}")));
+}
+
+/// Fills a store with [`HISTORY`] events (half of them finished long ago), starts
+/// the engine on it and measures from the start.
+async fn restart_on_history(binary: &Path, plugins: &Path, data: &Path) -> Restart {
+    drop(start_engine(binary, plugins, data)); // creates the schema
+    fill_store(data, HISTORY, HISTORY / 2);
     let started = Instant::now();
     let engine = start_engine(binary, plugins, data);
     let http = reqwest::Client::new();
@@ -192,77 +198,6 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-struct Load {
-    per_second: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: u64,
-}
-
-/// `senders` tasks post events to `url` for `LEVEL_SECONDS`.
-async fn load(url: &str, senders: usize) -> Load {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(senders)
-        .build()
-        .unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(LEVEL_SECONDS);
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let errors = Arc::new(AtomicU64::new(0));
-    let counter = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..senders)
-        .map(|_| {
-            let (client, url, latencies, errors, counter) = (
-                client.clone(),
-                url.to_owned(),
-                latencies.clone(),
-                errors.clone(),
-                counter.clone(),
-            );
-            tokio::spawn(async move {
-                let mut mine = Vec::new();
-                while Instant::now() < deadline {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let lsid = format!("bench{n:020}");
-                    let form = [
-                        ("event", "support_conference_end"),
-                        ("version", "3"),
-                        ("timestamp", "1764231302"),
-                        ("lsid", lsid.as_str()),
-                    ];
-                    let t = Instant::now();
-                    match client.post(&url).form(&form).send().await {
-                        Ok(r) if r.status().as_u16() == 200 => mine.push(t.elapsed()),
-                        _ => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                if let Ok(mut all) = latencies.lock() {
-                    all.extend(mine);
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        let _ = t.await;
-    }
-    let elapsed = started.elapsed();
-    let mut all = latencies.lock().map(|l| l.clone()).unwrap_or_default();
-    all.sort();
-    let pick = |q: f64| {
-        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Load {
-        per_second: all.len() as f64 / elapsed.as_secs_f64(),
-        p50: pick(0.50),
-        p99: pick(0.99),
-        errors: errors.load(Ordering::Relaxed),
-    }
 }
 
 async fn bare_handler() -> String {
@@ -425,7 +360,8 @@ async fn main() {
         });
     }
 
-    // 1. Intake.
+    // 1. Intake, driven by wrk.
+    let script = wrk::event_script(work.path()).unwrap_or_else(|e| fail(format!("script: {e}")));
     let engine = start_engine(&binary, &plugins, &work.path().join("intake-data"));
     let idle_rss = rss_kib(engine.child.id());
     let ready = engine.ready_after;
@@ -433,9 +369,17 @@ async fn main() {
     let mut rows = Vec::new();
     let mut loaded_rss = 0;
     for senders in [1, 8, 64] {
-        let durable = load(&format!("{}/ERSPost", engine.events), senders).await;
+        let prefix = format!("level{senders}");
+        let durable = wrk::run(
+            &format!("{}/ERSPost", engine.events),
+            senders,
+            LEVEL_SECONDS,
+            Some((&script, &prefix)),
+        )
+        .unwrap_or_else(|e| fail(e));
         loaded_rss = loaded_rss.max(rss_kib(engine.child.id()));
-        let plain = load(&bare, senders).await;
+        let plain = wrk::run(&bare, senders, LEVEL_SECONDS, Some((&script, &prefix)))
+            .unwrap_or_else(|e| fail(e));
         println!(
             "intake, {senders} senders: durable {:.0}/s p50 {} ms p99 {} ms; bare {:.0}/s",
             durable.per_second,
@@ -444,6 +388,50 @@ async fn main() {
             plain.per_second
         );
         rows.push((senders, durable, plain));
+    }
+    drop(engine);
+
+    // 1b. Intake on a store of 100,000 events, alone and beside history queries.
+    let stored = work.path().join("stored-data");
+    drop(start_engine(&binary, &plugins, &stored)); // creates the schema
+    fill_store(&stored, STORED, 0);
+    let engine = start_engine(&binary, &plugins, &stored);
+    let mut beside = Vec::new();
+    for (name, query) in [
+        ("alone", None),
+        (
+            "2 loops of GET /api/events?limit=1000",
+            Some("/api/events?limit=1000"),
+        ),
+        (
+            "2 loops of GET /api/events?lsid=x",
+            Some("/api/events?lsid=x"),
+        ),
+    ] {
+        let reader = query.map(|q| {
+            let url = format!("{}{q}", engine.admin);
+            std::thread::spawn(move || wrk::run(&url, 2, LEVEL_SECONDS, None))
+        });
+        let prefix = format!("beside{}", beside.len());
+        let intake = wrk::run(
+            &format!("{}/ERSPost", engine.events),
+            8,
+            LEVEL_SECONDS,
+            Some((&script, &prefix)),
+        )
+        .unwrap_or_else(|e| fail(e));
+        let history = match reader.map(|r| r.join()) {
+            Some(Ok(Ok(run))) => Some(run),
+            Some(Ok(Err(e))) => fail(e),
+            Some(Err(_)) => fail("the history load panicked".into()),
+            None => None,
+        };
+        println!(
+            "intake on {STORED} events, {name}: {:.0}/s p99 {} ms",
+            intake.per_second,
+            ms(intake.p99)
+        );
+        beside.push((name, intake, history));
     }
     drop(engine);
 
@@ -496,21 +484,43 @@ async fn main() {
     );
     let mut doc = String::new();
     let _ = writeln!(doc, "# Benchmarks\n");
-    let _ = writeln!(doc, "Made by `bash examples/bench.sh` on {} ({machine}), release build.\nEvery number the README states comes from this table. The run takes about five minutes.\n", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"));
+    let _ = writeln!(doc, "Made by `bash examples/bench.sh` on {} ({machine}), release build.\nEvery number the README states comes from this table. The run takes about seven minutes.\n", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"));
     let _ = writeln!(doc, "## 1. Intake (durable accept: committed to SQLite, WAL, synchronous=FULL, before the 200)\n");
-    let _ = writeln!(doc, "Each level runs {LEVEL_SECONDS} s on loopback; the senders run in the benchmark process on the same machine. No configuration takes the events, so each is stored with one `ignored` row.\n");
-    let _ = writeln!(doc, "| senders | durable events/s | p50 ms | p99 ms | errors | bare handler events/s | durable / bare |");
-    let _ = writeln!(doc, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(doc, "Each level runs {LEVEL_SECONDS} s on loopback, driven by `wrk` (an independent load generator; each request a new session), once against the engine's event address and once against a bare handler on the same HTTP stack that stores nothing (the ceiling, measured the same way in the same run). No configuration takes the events, so each is stored with one `ignored` row.\n");
+    let _ = writeln!(doc, "| senders | durable events/s | p50 ms | p99 ms | errors | bare handler events/s | bare p99 ms | durable / bare |");
+    let _ = writeln!(
+        doc,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for (senders, d, b) in &rows {
         let _ = writeln!(
             doc,
-            "| {senders} | {:.0} | {} | {} | {} | {:.0} | {:.0} % |",
+            "| {senders} | {:.0} | {} | {} | {} | {:.0} | {} | {:.0} % |",
             d.per_second,
             ms(d.p50),
             ms(d.p99),
             d.errors,
             b.per_second,
+            ms(b.p99),
             d.per_second / b.per_second.max(1.0) * 100.0
+        );
+    }
+    let _ = writeln!(doc, "\nOn a store of {STORED} events, 8 senders, alone and with two `wrk` connections querying the history on the admin address at the same time (the history reads on its own read-only connections, each filter served by an index):\n");
+    let _ = writeln!(
+        doc,
+        "| beside intake | intake events/s | intake p99 ms | history queries/s | history p99 ms |"
+    );
+    let _ = writeln!(doc, "| --- | ---: | ---: | ---: | ---: |");
+    for (name, intake, history) in &beside {
+        let (rate, p99) = match history {
+            Some(h) => (format!("{:.0}", h.per_second), ms(h.p99)),
+            None => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            doc,
+            "| {name} | {:.0} | {} | {rate} | {p99} |",
+            intake.per_second,
+            ms(intake.p99)
         );
     }
     let _ = writeln!(doc, "\n## 2. End to end (session end on the appliance -> row in Dataverse, through the host and the cdylib)\n");

@@ -6,7 +6,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use plugin_api::model::PolledEvent;
 use plugin_api::{
@@ -15,6 +15,45 @@ use plugin_api::{
 };
 
 const SECTION: &str = "File Sink";
+const OUTPUT_FILE: &str = "output_file";
+const SKIP_WITHOUT_LSID: &str = "skip_without_lsid";
+const POLL_SOURCE_FILE: &str = "poll_source_file";
+
+/// This plugin's own settings, read once: `validate` reports what `parse` finds and
+/// `open` uses what it returns, so the two can never disagree. (The host checks the
+/// common B Series section; `plugin_api::CommonSettings` reads it.)
+struct Config {
+    output: PathBuf,
+    skip_without_lsid: bool,
+    poll_source: Option<PathBuf>,
+}
+
+impl Config {
+    fn parse(settings: &Settings) -> Result<Self, Vec<FieldError>> {
+        let mut faults = Vec::new();
+        let mut absolute = |key: &str| {
+            let path = settings.str(key).map(PathBuf::from);
+            if path.as_deref().is_some_and(|p| !p.is_absolute()) {
+                faults.push(FieldError::new(key, "must be an absolute path"));
+            }
+            path
+        };
+        let output = absolute(OUTPUT_FILE);
+        let poll_source = absolute(POLL_SOURCE_FILE);
+        let Some(output) = output else {
+            faults.push(FieldError::new(OUTPUT_FILE, "is required"));
+            return Err(faults);
+        };
+        if !faults.is_empty() {
+            return Err(faults);
+        }
+        Ok(Self {
+            output,
+            skip_without_lsid: settings.bool(SKIP_WITHOUT_LSID),
+            poll_source,
+        })
+    }
+}
 
 pub struct FileSink {
     output: PathBuf,
@@ -40,15 +79,15 @@ impl Plugin for FileSink {
             ],
             vec![end],
             vec![
-                SettingDecl::text("output_file", "Output File")
+                SettingDecl::text(OUTPUT_FILE, "Output File")
                     .required()
                     .help("Absolute path of the file events are appended to.")
                     .section(SECTION),
-                SettingDecl::bool("skip_without_lsid", "Skip Events Without a Session")
+                SettingDecl::bool(SKIP_WITHOUT_LSID, "Skip Events Without a Session")
                     .default(true)
                     .help("Events that carry no lsid are recorded as skipped.")
                     .section(SECTION),
-                SettingDecl::text("poll_source_file", "Poll Source File")
+                SettingDecl::text(POLL_SOURCE_FILE, "Poll Source File")
                     .help("For polling: a file of JSON lines, each an event to pick up.")
                     .section(SECTION),
             ],
@@ -56,27 +95,23 @@ impl Plugin for FileSink {
     }
 
     fn validate(settings: &Settings) -> Vec<FieldError> {
-        ["output_file", "poll_source_file"]
-            .into_iter()
-            .filter(|key| {
-                settings
-                    .str(key)
-                    .is_some_and(|p| !Path::new(p).is_absolute())
-            })
-            .map(|key| FieldError::new(key, "must be an absolute path"))
-            .collect()
+        Config::parse(settings).err().unwrap_or_default()
     }
 
     fn open(ctx: OpenContext) -> Result<Self, PluginError> {
-        let output = ctx
-            .settings
-            .str("output_file")
-            .ok_or_else(|| PluginError::configuration("output_file is not set"))?;
-        ctx.log.info(&format!("writing events to {output}"));
+        let config = Config::parse(&ctx.settings).map_err(|faults| {
+            let faults: Vec<String> = faults
+                .iter()
+                .map(|f| format!("{}: {}", f.key, f.message))
+                .collect();
+            PluginError::configuration(faults.join("; "))
+        })?;
+        ctx.log
+            .info(&format!("writing events to {}", config.output.display()));
         Ok(Self {
-            output: PathBuf::from(output),
-            skip_without_lsid: ctx.settings.bool("skip_without_lsid"),
-            poll_source: ctx.settings.str("poll_source_file").map(PathBuf::from),
+            output: config.output,
+            skip_without_lsid: config.skip_without_lsid,
+            poll_source: config.poll_source,
             log: ctx.log,
         })
     }
@@ -110,17 +145,23 @@ impl Plugin for FileSink {
                 reason: "the event carries no session (lsid)".into(),
             });
         }
-        let line = serde_json::to_string(event)
+        let mut line = serde_json::to_vec(event)
             .map_err(|e| PluginError::permanent(format!("cannot encode event: {e}")))?;
+        line.push(b'\n');
         let mut file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .append(true) // O_APPEND: each write lands at the end of the file
             .open(&self.output)
             // A full disk or a missing share may pass: worth a retry.
             .map_err(|e| {
                 PluginError::retryable(format!("cannot open {}: {e}", self.output.display()))
             })?;
-        writeln!(file, "{line}").map_err(|e| {
+        // The whole line, newline included, in one `write`: `writeln!` on an unbuffered
+        // `File` makes a `write` per piece, and a kill -9 between two of them leaves a
+        // torn line that the next append would continue. No system promises that one
+        // write is all or nothing, but for a small buffer to a local file it is in
+        // practice; should one come up short, `write_all` writes the rest or fails.
+        file.write_all(&line).map_err(|e| {
             PluginError::retryable(format!("cannot write {}: {e}", self.output.display()))
         })?;
         self.log.debug(&format!("appended event {}", event.id));

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
+use super::rfc3339;
 use crate::configurations::{Configuration, ConfigurationInput, Configurations, Status};
 use crate::plugins::Verdict;
 
@@ -72,12 +73,6 @@ where
         let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
         Ok(Self(value))
     }
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
 }
 
 /// `GET /api/plugins`: every plugin found, loaded or not, with its declarations.

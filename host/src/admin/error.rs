@@ -101,7 +101,9 @@ impl From<ConfigError> for ApiError {
             }
             ConfigError::Invalid(errors) => Self::Validation(errors),
             ConfigError::DuplicateName(_) => Self::Conflict(e.to_string()),
-            ConfigError::Store(_) | ConfigError::Secrets(_) => Self::internal(e),
+            ConfigError::Store(_) | ConfigError::Secrets(_) | ConfigError::Worker(_) => {
+                Self::internal(e)
+            }
         }
     }
 }

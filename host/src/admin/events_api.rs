@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::api::{ApiPath, ApiQuery, AppState};
 use super::error::ApiError;
+use super::rfc3339;
 use crate::store::events::{self, Filter, JobState, JobView};
 use crate::store::{now_ms, StoreError};
 
@@ -20,12 +21,6 @@ pub struct EventQuery {
     lsid: Option<String>,
     since: Option<String>,
     limit: Option<String>,
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 fn job_json(job: &JobView) -> Value {

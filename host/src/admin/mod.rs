@@ -22,6 +22,14 @@ pub use api::AdminState;
 use error::ApiError;
 pub use guard::constant_time_eq;
 
+/// Every time the API answers, as RFC 3339 in UTC with milliseconds (one precision
+/// for all, so that clients can compare them as text).
+pub(crate) fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
 /// Largest request body the admin API takes.
 pub const BODY_LIMIT: usize = 256 * 1024;
 

@@ -66,13 +66,19 @@ impl Live {
     /// Calls in flight on the old instance finish on it; it closes after them.
     pub async fn apply(&self, registry: &Registry, config: &Configuration) -> Status {
         let (name, plugin) = (config.name.as_str(), config.plugin.as_str());
-        let (status, runner) = if config.disabled {
-            (Status::Disabled, None)
-        } else {
-            match open(registry, plugin, name, &config.settings, self.limits).await {
+        let policy = EventPolicy::from_settings(&config.settings);
+        let (status, runner) = match &policy {
+            _ if config.disabled => (Status::Disabled, None),
+            // Saved by an older engine under looser rules, say: it takes nothing until
+            // it is edited, and says why.
+            Err(faults) => (
+                Status::Failed(format!("its settings are not valid: {faults}; edit it")),
+                None,
+            ),
+            Ok(_) => match open(registry, plugin, name, &config.settings, self.limits).await {
                 Ok(runner) => (Status::Running, Some(runner)),
                 Err(status) => (status, None),
-            }
+            },
         };
         match &status {
             Status::Running => {
@@ -93,7 +99,7 @@ impl Live {
             name: config.name.clone(),
             disabled: config.disabled,
             status: status.clone(),
-            policy: EventPolicy::from_settings(&config.settings),
+            policy: policy.unwrap_or_else(|_| EventPolicy::inert()),
             runner,
             created_at: config.created_at,
         };

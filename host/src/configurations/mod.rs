@@ -59,6 +59,8 @@ pub enum ConfigError {
     Secrets(#[from] SecretsError),
     #[error("the plugin offers no action {0:?}")]
     UnknownAction(String),
+    #[error("checking the configuration failed: {0}")]
+    Worker(String),
 }
 
 /// Actions (provisioning, say) may wait on the remote side for minutes.
@@ -83,17 +85,24 @@ pub struct Configurations {
     secrets: SecretBox,
     registry: Arc<Registry>,
     live: Live,
-    on_change: std::sync::OnceLock<Box<dyn Fn(i64) + Send + Sync>>,
+    /// Told of every configuration applied or deleted (the engine looks again).
+    wakeup: Arc<crate::engine::Wakeup>,
 }
 
 impl Configurations {
-    pub fn new(store: Store, secrets: SecretBox, registry: Arc<Registry>, live: Live) -> Self {
+    pub fn new(
+        store: Store,
+        secrets: SecretBox,
+        registry: Arc<Registry>,
+        live: Live,
+        wakeup: Arc<crate::engine::Wakeup>,
+    ) -> Self {
         Self {
             store,
             secrets,
             registry,
             live,
-            on_change: std::sync::OnceLock::new(),
+            wakeup,
         }
     }
 
@@ -230,9 +239,7 @@ impl Configurations {
             waiting_events_failed = failed,
             "configuration deleted"
         );
-        if let Some(hook) = self.on_change.get() {
-            hook(id);
-        }
+        self.wakeup.configuration_changed(id);
         Ok(())
     }
 
@@ -357,8 +364,12 @@ impl Configurations {
         input: &ConfigurationInput,
         stored: &Settings,
     ) -> Result<validate::Validated, ConfigError> {
-        let mut valid =
-            validate::validate(manifest, input, stored).map_err(ConfigError::Invalid)?;
+        // Off the async threads: the common rules read the CA file from disk.
+        let (m, i, s) = (manifest.clone(), input.clone(), stored.clone());
+        let mut valid = tokio::task::spawn_blocking(move || validate::validate(&m, &i, &s))
+            .await
+            .map_err(|e| ConfigError::Worker(e.to_string()))?
+            .map_err(ConfigError::Invalid)?;
         // Then the plugin's own checks, as a plugin call (contained, time-limited).
         let plugin =
             self.registry.plugin(&manifest.id).cloned().ok_or_else(|| {
@@ -432,16 +443,8 @@ impl Configurations {
 
     async fn apply(&self, config: &Configuration) -> Status {
         let status = self.live.apply(&self.registry, config).await;
-        if let Some(hook) = self.on_change.get() {
-            hook(config.id);
-        }
+        self.wakeup.configuration_changed(config.id);
         status
-    }
-
-    /// Called with a configuration's id whenever it is applied or deleted (the engine
-    /// uses it to wake its dispatcher).
-    pub fn set_on_change(&self, hook: Box<dyn Fn(i64) + Send + Sync>) {
-        let _ = self.on_change.set(hook);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use plugin_api::{EventSource, Settings};
+use plugin_api::{CommonSettings, EventSource, Settings};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventPolicy {
@@ -16,23 +16,45 @@ pub struct EventPolicy {
     pub retry_polling_event_types: Vec<String>,
 }
 
-impl EventPolicy {
-    /// Reads validated settings (defaults already filled in at save time).
-    pub fn from_settings(settings: &Settings) -> Self {
+impl From<&CommonSettings> for EventPolicy {
+    fn from(common: &CommonSettings) -> Self {
         Self {
-            appliance_id: settings.str("appliance_id").unwrap_or("Default").to_owned(),
-            outbound_event_types: settings.list("outbound_event_types"),
-            polling_event_types: settings.list("polling_event_types"),
-            polling_interval: settings
-                .int("polling_interval_seconds")
-                .and_then(|s| u64::try_from(s).ok())
-                .map(Duration::from_secs),
-            retry_attempt_limit: settings
-                .int("retry_attempt_limit")
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(0),
-            retry_outbound_event_types: settings.list("retry_outbound_event_types"),
-            retry_polling_event_types: settings.list("retry_polling_event_types"),
+            appliance_id: common.appliance_id.clone(),
+            outbound_event_types: common.outbound_event_types.clone(),
+            polling_event_types: common.polling_event_types.clone(),
+            polling_interval: common.polling_interval,
+            retry_attempt_limit: common.retry_attempt_limit,
+            retry_outbound_event_types: common.retry_outbound_event_types.clone(),
+            retry_polling_event_types: common.retry_polling_event_types.clone(),
+        }
+    }
+}
+
+impl EventPolicy {
+    /// Reads validated settings (defaults filled in at save time) through the
+    /// common section's one typed view; the faults, one line, when they do not pass.
+    pub fn from_settings(settings: &Settings) -> Result<Self, String> {
+        CommonSettings::parse(settings)
+            .map(|common| Self::from(&common))
+            .map_err(|faults| {
+                faults
+                    .iter()
+                    .map(|f| format!("{}: {}", f.key, f.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+    }
+
+    /// The policy of a configuration whose settings cannot be read: it takes no event.
+    pub fn inert() -> Self {
+        Self {
+            appliance_id: String::new(),
+            outbound_event_types: Vec::new(),
+            polling_event_types: Vec::new(),
+            polling_interval: None,
+            retry_attempt_limit: 0,
+            retry_outbound_event_types: Vec::new(),
+            retry_polling_event_types: Vec::new(),
         }
     }
 
@@ -68,12 +90,13 @@ mod tests {
     #[test]
     fn routes_and_retries_follow_the_settings() {
         let settings: Settings = serde_json::from_value(serde_json::json!({
+            "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
             "appliance_id": "West", "outbound_event_types": ["support_conference_end"],
             "retry_attempt_limit": 2, "retry_outbound_event_types": ["support_conference_end"],
             "polling_event_types": [], "polling_interval_seconds": 60,
         }))
         .expect("settings");
-        let p = EventPolicy::from_settings(&settings);
+        let p = EventPolicy::from_settings(&settings).expect("valid");
         assert!(p.routes("West", "support_conference_end"));
         assert!(!p.routes("Default", "support_conference_end"));
         assert!(!p.routes("West", "support_conference_begin"));

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 pub type FieldErrors = BTreeMap<String, String>;
 
 /// The body of `POST /api/configurations` and `PUT /api/configurations/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigurationInput {
     pub plugin: String,
@@ -30,6 +30,18 @@ pub struct Validated {
     pub disabled: bool,
     pub settings: Settings,
     pub errors: FieldErrors,
+}
+
+/// Names the settings given, never their values (secrets are among them).
+impl std::fmt::Debug for ConfigurationInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigurationInput")
+            .field("plugin", &self.plugin)
+            .field("name", &self.name)
+            .field("disabled", &self.disabled)
+            .field("settings", &self.settings.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 const MAX_NAME: usize = 100;
@@ -91,8 +103,8 @@ pub fn validate(
     if !errors.is_empty() {
         return Err(errors);
     }
-    if manifest.setting("bt_hostname").is_some() {
-        for e in plugin_api::check_common_settings(&settings) {
+    if let Err(faults) = plugin_api::CommonSettings::parse(&settings) {
+        for e in faults {
             errors.entry(e.key).or_insert(e.message);
         }
     }

@@ -5,6 +5,9 @@
 
 mod polling;
 pub mod retry;
+mod wakeup;
+
+pub use wakeup::Wakeup;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -37,7 +40,7 @@ pub struct Engine {
     backoff: Backoff,
     concurrency: usize,
     retention: Duration,
-    wake: Notify,
+    wakeup: Arc<Wakeup>,
     state: Mutex<DispatchState>,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -61,6 +64,7 @@ impl Engine {
         store: Store,
         configurations: Arc<Configurations>,
         metrics: Arc<Metrics>,
+        wakeup: Arc<Wakeup>,
         settings: &HostSettings,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -73,7 +77,7 @@ impl Engine {
             },
             concurrency: settings.plugin_concurrency,
             retention: settings.retention,
-            wake: Notify::new(),
+            wakeup,
             state: Mutex::new(DispatchState::default()),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -81,16 +85,21 @@ impl Engine {
         })
     }
 
-    /// Something changed (an event stored): look again.
+    /// Something may be due now: look again.
     pub fn wake(&self) {
-        self.wake.notify_one();
+        self.wakeup.work_arrived();
     }
 
-    /// A configuration was saved, enabled, disabled or deleted: look again, and let
-    /// it poll at once (a new or changed configuration need not wait an interval).
-    pub fn configuration_changed(&self, id: i64) {
-        self.lock().last_poll.remove(&id);
-        self.wake.notify_one();
+    /// Lets configurations changed since the last look poll at once (a new or
+    /// changed configuration need not wait an interval).
+    fn forget_polls_of_changed(&self) {
+        let changed = self.wakeup.take_changed();
+        if !changed.is_empty() {
+            let mut state = self.lock();
+            for id in changed {
+                state.last_poll.remove(&id);
+            }
+        }
     }
 
     /// Puts jobs that were running when the engine last stopped back in the queue,
@@ -115,7 +124,7 @@ impl Engine {
     /// Stops taking new jobs and waits up to `grace` for those in flight.
     pub async fn drain(&self, grace: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
-        self.wake.notify_one();
+        self.wake();
         let deadline = Instant::now() + grace;
         while self.in_flight.load(Ordering::SeqCst) > 0 {
             let idle = self.idle.notified();
@@ -153,7 +162,7 @@ impl Engine {
                     IDLE_TICK
                 }
             };
-            let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+            self.wakeup.wait(wait).await;
         }
     }
 
@@ -305,7 +314,7 @@ impl Engine {
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.idle.notify_waiters();
         }
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// Removes finished history past the retention, in small steps with a pause

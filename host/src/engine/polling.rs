@@ -18,6 +18,7 @@ impl Engine {
             if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
+            self.forget_polls_of_changed();
             let now = now_ms();
             for target in self.configurations.live().pollers().await {
                 let Some(interval) = target.policy.polls() else {

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::settings::SecretString;
+
 /// The form field carrying the shared event token; never stored.
 pub const TOKEN_FIELD: &str = "outbound_event_token";
 const MAX_FIELDS: usize = 500;
@@ -15,8 +17,8 @@ pub struct IncomingEvent {
     pub lsid: Option<String>,
     /// Every form field but the token.
     pub fields: BTreeMap<String, String>,
-    /// The token the sender gave, if any.
-    pub token: Option<String>,
+    /// The token the sender gave, if any (redacted in Debug output).
+    pub token: Option<SecretString>,
 }
 
 impl IncomingEvent {
@@ -58,7 +60,7 @@ pub fn parse(appliance: Option<&str>, body: &[u8]) -> Result<IncomingEvent, Stri
             .ok_or_else(|| format!("the form field {key:?} is not UTF-8 text once decoded"))?;
         fields.insert(key, value);
     }
-    let token = fields.remove(TOKEN_FIELD);
+    let token = fields.remove(TOKEN_FIELD).map(SecretString::new);
 
     let event_type = match fields.get("event").map(|e| e.trim()) {
         None | Some("") => return Err("the form field `event` is missing".into()),
@@ -157,7 +159,8 @@ mod tests {
             e.fields.get("external_key").map(String::as_str),
             Some("CAS-01")
         );
-        assert_eq!(e.token.as_deref(), Some("t0k"));
+        assert_eq!(e.token.as_ref().map(SecretString::expose), Some("t0k"));
+        assert!(!format!("{e:?}").contains("t0k"), "the token is redacted");
         assert!(!e.fields.contains_key(TOKEN_FIELD));
         assert_eq!(parse(None, END).expect("valid").appliance_id, "Default");
     }

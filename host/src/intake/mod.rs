@@ -26,6 +26,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::configurations::Configurations;
+use crate::engine::Wakeup;
 use crate::metrics::{Metrics, Received};
 use crate::serve::{read_body, BodyError};
 use crate::settings::{HostSettings, IpNet, SecretString};
@@ -45,8 +46,8 @@ pub struct Intake {
     pub accepting: AtomicBool,
     pub token: Option<SecretString>,
     pub allowed_sources: Vec<IpNet>,
-    /// Called after each stored event, to wake the engine.
-    pub on_stored: Box<dyn Fn() + Send + Sync>,
+    /// Told after each stored event, to wake the engine.
+    pub wakeup: Arc<Wakeup>,
 }
 
 impl Intake {
@@ -55,7 +56,7 @@ impl Intake {
         configurations: Arc<Configurations>,
         metrics: Arc<Metrics>,
         settings: &HostSettings,
-        on_stored: Box<dyn Fn() + Send + Sync>,
+        wakeup: Arc<Wakeup>,
     ) -> Self {
         Self {
             writer: Writer::start(store),
@@ -64,7 +65,7 @@ impl Intake {
             accepting: AtomicBool::new(true),
             token: settings.event_token.clone(),
             allowed_sources: settings.event_allowed_sources.clone(),
-            on_stored,
+            wakeup,
         }
     }
 
@@ -190,7 +191,7 @@ async fn receive(
             tracing::warn!(%peer, "event refused: {e}")
         }
         Err(e) => tracing::warn!(%peer, "event rejected: {e}"),
-        Ok(_) => (intake.on_stored)(),
+        Ok(_) => intake.wakeup.work_arrived(),
     }
     let (event, stored) = result?;
     let answer = match stored {
@@ -219,7 +220,7 @@ async fn accept(
     let incoming =
         form::parse(query.appliance.as_deref(), &body).map_err(IntakeError::Malformed)?;
     if let Some(expected) = &intake.token {
-        let given = incoming.token.as_deref().unwrap_or("");
+        let given = incoming.token.as_ref().map_or("", SecretString::expose);
         if !crate::admin::constant_time_eq(given.as_bytes(), expected.expose().as_bytes()) {
             return Err(IntakeError::Forbidden(format!(
                 "the form field {} is missing or wrong",

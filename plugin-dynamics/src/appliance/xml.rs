@@ -2,8 +2,9 @@
 //! namespace (BeyondTrust's or the older Bomgar one), unknown elements ignored,
 //! entities and unicode decoded. An `<error>` root becomes [`ReportError::Appliance`].
 
-use quick_xml::events::{BytesStart, Event};
-use quick_xml::Reader;
+use quick_xml::escape::resolve_predefined_entity;
+use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::{Reader, XmlVersion};
 use serde::{Deserialize, Serialize};
 
 /// A parsed XML element: local name, attributes, text, children.
@@ -37,6 +38,16 @@ impl Node {
             .map(|c| c.text.trim().to_owned())
             .filter(|t| !t.is_empty())
     }
+
+    /// The `<value name=".." value=".."/>` children as pairs (survey answers, event data).
+    fn name_values(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.children("value").filter_map(|v| {
+            Some((
+                v.attr("name")?.to_owned(),
+                v.attr("value").unwrap_or("").to_owned(),
+            ))
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,11 +59,10 @@ pub enum ReportError {
     Malformed(String),
 }
 
-fn local(name: &[u8]) -> String {
-    let name = String::from_utf8_lossy(name);
+fn local(name: &str) -> String {
     match name.rsplit_once(':') {
         Some((_, local)) => local.to_owned(),
-        None => name.into_owned(),
+        None => name.to_owned(),
     }
 }
 
@@ -60,21 +70,35 @@ fn start(e: &BytesStart<'_>) -> Result<Node, ReportError> {
     let mut attrs = Vec::new();
     for a in e.attributes() {
         let a = a.map_err(|e| ReportError::Malformed(e.to_string()))?;
-        let key = local(a.key.as_ref());
-        if a.key.as_ref().starts_with(b"xmlns") {
+        if a.key.as_ref().starts_with("xmlns") {
             continue;
         }
         let value = a
-            .unescape_value()
+            .normalized_value(XmlVersion::Implicit1_0)
             .map_err(|e| ReportError::Malformed(e.to_string()))?
             .into_owned();
-        attrs.push((key, value));
+        attrs.push((local(a.key.as_ref()), value));
     }
     Ok(Node {
         name: local(e.local_name().as_ref()),
         attrs,
         ..Node::default()
     })
+}
+
+/// The text a reference in character data stands for: a character reference or one
+/// of XML's five predefined entities (the appliance declares no others).
+fn reference(r: &BytesRef<'_>) -> Result<String, ReportError> {
+    if let Some(c) = r
+        .resolve_char_ref()
+        .map_err(|e| ReportError::Malformed(e.to_string()))?
+    {
+        return Ok(c.to_string());
+    }
+    let name = r.xml10_content();
+    resolve_predefined_entity(&name)
+        .map(str::to_owned)
+        .ok_or_else(|| ReportError::Malformed(format!("unknown entity &{name};")))
 }
 
 /// Parses a whole document into its root element.
@@ -102,15 +126,18 @@ pub fn parse(xml: &str) -> Result<Node, ReportError> {
             }
             Ok(Event::Text(t)) => {
                 if let Some(node) = stack.last_mut() {
-                    let text = t
-                        .unescape()
-                        .map_err(|e| ReportError::Malformed(e.to_string()))?;
-                    node.text.push_str(&text);
+                    node.text.push_str(&t.xml10_content());
+                }
+            }
+            // Since quick-xml 0.38 references come apart from the text around them.
+            Ok(Event::GeneralRef(r)) => {
+                if let Some(node) = stack.last_mut() {
+                    node.text.push_str(&reference(&r)?);
                 }
             }
             Ok(Event::CData(t)) => {
                 if let Some(node) = stack.last_mut() {
-                    node.text.push_str(&String::from_utf8_lossy(&t));
+                    node.text.push_str(&t.xml10_content());
                 }
             }
             Ok(Event::Eof) => {
@@ -235,13 +262,7 @@ fn party(node: Option<&Node>) -> Option<Party> {
 fn survey(list: Option<&Node>) -> Vec<(String, String)> {
     list.into_iter()
         .flat_map(|l| l.children.iter())
-        .flat_map(|s| s.children("value"))
-        .filter_map(|v| {
-            Some((
-                v.attr("name")?.to_owned(),
-                v.attr("value").unwrap_or("").to_owned(),
-            ))
-        })
+        .flat_map(Node::name_values)
         .collect()
 }
 
@@ -290,13 +311,7 @@ impl SessionReport {
                 data: e
                     .child("data")
                     .into_iter()
-                    .flat_map(|d| d.children("value"))
-                    .filter_map(|v| {
-                        Some((
-                            v.attr("name")?.to_owned(),
-                            v.attr("value").unwrap_or("").to_owned(),
-                        ))
-                    })
+                    .flat_map(Node::name_values)
                     .collect(),
             })
             .collect();
@@ -478,6 +493,22 @@ mod tests {
             sessions("<session_list><session>"),
             Err(ReportError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn duplicate_attributes_and_unknown_entities_are_malformed() {
+        assert!(matches!(
+            sessions(r#"<session_list><session lsid="a" lsid="b"/></session_list>"#),
+            Err(ReportError::Malformed(_))
+        ));
+        assert!(matches!(
+            sessions("<session_list><session lsid=\"a\"><external_key>&nbsp;</external_key></session></session_list>"),
+            Err(ReportError::Malformed(m)) if m.contains("&nbsp;")
+        ));
+        // Many distinct attributes on one element stay cheap (RUSTSEC-2026-0194).
+        let attrs: String = (0..20_000).map(|i| format!(" a{i}=\"{i}\"")).collect();
+        let xml = format!("<session_list><session lsid=\"x\"{attrs}/></session_list>");
+        assert_eq!(sessions(&xml).expect("parses")[0].lsid, "x");
     }
 
     #[test]

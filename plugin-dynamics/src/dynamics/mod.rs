@@ -2,18 +2,24 @@
 //! ClientSecretCredential (one per configuration, on the configured cloud), and the
 //! Dataverse Web API with its required headers and error handling.
 
+pub mod error;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::{Secret, TokenCredential};
-use azure_core::http::{ClientOptions, RetryOptions, Transport};
+use azure_core::http::{
+    AsyncRawResponse, ClientOptions, HttpClient, Request, RetryOptions, Transport,
+};
 use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
-use plugin_api::PluginError;
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::http::{self, TlsSettings};
+use crate::http::{self, BodyError, SetupError, TlsSettings};
+pub use error::{DataverseError, DynamicsError, EntraError};
 
 /// Which Entra ID authority to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,52 +54,74 @@ impl Cloud {
     }
 }
 
+/// The environment and the app registration. Debug shows no secret (`SecretString`
+/// prints as redacted).
 #[derive(Debug, Clone)]
 pub struct DynamicsSettings {
     /// The environment URL, without a trailing slash.
     pub url: String,
     pub tenant_id: String,
     pub client_id: String,
-    pub client_secret: String,
+    pub client_secret: SecretString,
     pub cloud: Cloud,
     pub tls: TlsSettings,
 }
 
-/// A Dataverse error answer, or a transport failure, typed for the host.
-fn dataverse_error(status: u16, body: &str, retry_after: Option<u64>, what: &str) -> PluginError {
-    let message = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| body.chars().take(300).collect());
-    let text = format!("Dataverse answered HTTP {status} to {what}: {message}");
-    match status {
-        429 => PluginError::throttled(text, Duration::from_secs(retry_after.unwrap_or(60))),
-        408 | 500..=599 => PluginError::retryable(text),
-        _ => PluginError::permanent(text),
+/// The credential's HTTP transport: the configuration's client, with Entra's answers
+/// read under a size cap and its error answers kept typed. (azure_identity reads the
+/// body itself, without a cap, and reports Entra's errors as text only, or not at all
+/// when its own parse of a description with line breaks fails.)
+#[derive(Debug)]
+struct EntraTransport {
+    http: reqwest::Client,
+}
+
+#[async_trait::async_trait]
+impl HttpClient for EntraTransport {
+    async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
+        let response = HttpClient::execute_request(&self.http, request).await?;
+        let (status, headers, body) = response.deconstruct();
+        let declared = headers
+            .get_optional_str(&azure_core::http::headers::CONTENT_LENGTH)
+            .and_then(|n| n.parse().ok());
+        let bytes = match http::read_capped(body, declared, http::SMALL_ANSWER_LIMIT).await {
+            Ok(bytes) => bytes,
+            Err(BodyError::Stream(e)) => return Err(e),
+            Err(BodyError::TooLarge { limit }) => {
+                return Err(entra_failure(EntraError::TooLarge { limit }))
+            }
+        };
+        let code = u16::from(status);
+        if !(200..300).contains(&code) {
+            // Carried to `DynamicsClient::token` inside azure_identity's error.
+            return Err(entra_failure(EntraError::from_answer(code, &bytes)));
+        }
+        Ok(AsyncRawResponse::from_bytes(status, headers, bytes))
     }
 }
 
-/// Entra ID's own description (e.g. `AADSTS7000215: Invalid client secret ...`),
-/// found in whatever shape azure_identity reports it.
-pub fn entra_description(error: &str) -> Option<String> {
-    let start = error.find("AADSTS")?;
-    let rest = &error[start..];
-    let end = rest
-        .find("\\r\\n")
-        .into_iter()
-        .chain(rest.find("\r\n"))
-        .chain(rest.find(" Trace ID"))
-        .chain(rest.find('"'))
-        .min()
-        .unwrap_or(rest.len());
-    Some(rest[..end].trim().to_owned())
+fn entra_failure(error: EntraError) -> azure_core::Error {
+    let message = error.to_string();
+    azure_core::Error::with_error(azure_core::error::ErrorKind::Credential, error, message)
+}
+
+/// The Entra error our transport put into azure_identity's error, if any.
+fn entra_error(e: &azure_core::Error) -> Option<EntraError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(found) = s.downcast_ref::<EntraError>() {
+            return Some(found.clone());
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// A response as read: status, the row id from `OData-EntityId`, body.
 pub struct Answer {
     pub status: u16,
     pub entity_id: Option<String>,
-    pub body: String,
+    pub body: Vec<u8>,
 }
 
 pub struct DynamicsClient {
@@ -108,7 +136,7 @@ pub struct DynamicsClient {
 }
 
 impl DynamicsClient {
-    pub fn new(settings: DynamicsSettings, timeout: Duration) -> Result<Self, PluginError> {
+    pub fn new(settings: DynamicsSettings, timeout: Duration) -> Result<Self, SetupError> {
         let http = http::client(&settings.tls, timeout, false)?;
         let credential = Self::credential(&settings, &http)?;
         Ok(Self {
@@ -123,11 +151,12 @@ impl DynamicsClient {
     fn credential(
         settings: &DynamicsSettings,
         http: &reqwest::Client,
-    ) -> Result<Arc<ClientSecretCredential>, PluginError> {
+    ) -> Result<Arc<ClientSecretCredential>, SetupError> {
+        let transport = EntraTransport { http: http.clone() };
         let options = ClientSecretCredentialOptions {
             client_options: ClientOptions {
                 // The same trust as every other call; retries are the host's job.
-                transport: Some(Transport::new(Arc::new(http.clone()))),
+                transport: Some(Transport::new(Arc::new(transport))),
                 retry: RetryOptions::none(),
                 cloud: Some(Arc::new(settings.cloud.configuration())),
                 ..ClientOptions::default()
@@ -136,12 +165,11 @@ impl DynamicsClient {
         ClientSecretCredential::new(
             &settings.tenant_id,
             settings.client_id.clone(),
-            Secret::new(settings.client_secret.clone()),
+            // azure_identity keeps its own copy, in its own (not zeroized) type.
+            Secret::new(settings.client_secret.expose_secret().to_owned()),
             Some(options),
         )
-        .map_err(|e| {
-            PluginError::configuration(format!("cannot set up the Entra ID credential: {e}"))
-        })
+        .map_err(|e| SetupError::Credential(e.to_string()))
     }
 
     pub fn url(&self) -> &str {
@@ -149,27 +177,21 @@ impl DynamicsClient {
     }
 
     /// A token for the environment (cached by the credential until near expiry).
-    pub async fn token(&self) -> Result<String, PluginError> {
+    pub async fn token(&self) -> Result<SecretString, DynamicsError> {
         let credential = Arc::clone(&*self.credential.lock().await);
         let scope = format!("{}/.default", self.settings.url);
         match credential.get_token(&[scope.as_str()], None).await {
-            Ok(token) => Ok(token.token.secret().to_owned()),
-            Err(e) => {
-                let text = e.to_string();
-                Err(match entra_description(&text) {
-                    Some(description) => PluginError::configuration(format!(
-                        "Entra ID refused the credentials: {description}"
-                    )),
-                    None => PluginError::retryable(format!(
-                        "cannot get an Entra ID token: {}",
-                        text.lines().next().unwrap_or("")
-                    )),
-                })
-            }
+            Ok(token) => Ok(SecretString::from(token.token.secret())),
+            Err(e) => Err(match entra_error(&e) {
+                Some(entra) => DynamicsError::Entra(entra),
+                None => {
+                    DynamicsError::NoToken(e.to_string().lines().next().unwrap_or("").to_owned())
+                }
+            }),
         }
     }
 
-    async fn renew_credential(&self) -> Result<(), PluginError> {
+    async fn renew_credential(&self) -> Result<(), DynamicsError> {
         let fresh = Self::credential(&self.settings, &self.http)?;
         *self.credential.lock().await = fresh;
         Ok(())
@@ -182,7 +204,7 @@ impl DynamicsClient {
         path: &str,
         body: Option<&Value>,
         what: &str,
-    ) -> Result<Answer, PluginError> {
+    ) -> Result<Answer, DynamicsError> {
         self.send_with(method, path, body, &[], what).await
     }
 
@@ -194,7 +216,7 @@ impl DynamicsClient {
         body: Option<&Value>,
         headers: &[(&str, &str)],
         what: &str,
-    ) -> Result<Answer, PluginError> {
+    ) -> Result<Answer, DynamicsError> {
         let mut renewed = false;
         loop {
             let blocked = self
@@ -204,16 +226,16 @@ impl DynamicsClient {
                 .and_then(|b| *b)
                 .and_then(|until| until.checked_duration_since(std::time::Instant::now()));
             if let Some(wait) = blocked {
-                return Err(PluginError::throttled(
-                    format!("Dataverse asked to wait before {what} (429 earlier)"),
-                    wait + Duration::from_millis(50),
-                ));
+                return Err(DynamicsError::Waiting {
+                    what: what.to_owned(),
+                    wait,
+                });
             }
             let token = self.token().await?;
             let mut request = self
                 .http
                 .request(method.clone(), format!("{}{path}", self.api))
-                .bearer_auth(&token)
+                .bearer_auth(token.expose_secret())
                 .header("Accept", "application/json")
                 .header("OData-MaxVersion", "4.0")
                 .header("OData-Version", "4.0");
@@ -225,55 +247,80 @@ impl DynamicsClient {
                     .header("Content-Type", "application/json; charset=utf-8")
                     .body(body.to_string());
             }
-            let response = request.send().await.map_err(|e| {
-                http::transport_error(&format!("cannot reach Dataverse for {what}"), &e)
-            })?;
+            let response = request
+                .send()
+                .await
+                .map_err(|e| DynamicsError::Unreachable {
+                    what: what.to_owned(),
+                    detail: http::describe(&e),
+                })?;
             let status = response.status().as_u16();
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            let retry_after = header("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
-            let entity_id = header("odata-entityid");
-            let text = response.text().await.map_err(|e| {
-                http::transport_error(&format!("Dataverse's answer to {what} broke off"), &e)
-            })?;
+            let retry_after = http::retry_after(response.headers());
+            let entity_id = response
+                .headers()
+                .get("odata-entityid")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = http::read_body(response, http::JSON_ANSWER_LIMIT)
+                .await
+                .map_err(|e| match e {
+                    BodyError::TooLarge { limit } => DynamicsError::TooLarge {
+                        what: what.to_owned(),
+                        limit,
+                    },
+                    BodyError::Stream(e) => DynamicsError::BrokeOff {
+                        what: what.to_owned(),
+                        detail: http::describe(&e),
+                    },
+                })?;
             if status == 401 && !renewed {
                 renewed = true;
                 self.renew_credential().await?;
                 continue;
             }
             if status == 401 {
-                return Err(PluginError::configuration(format!(
-                    "Dataverse refused a fresh token for {what} (401): is the app registration an application user of this environment?"
-                )));
+                return Err(DynamicsError::TokenRejected {
+                    what: what.to_owned(),
+                });
             }
             if !(200..300).contains(&status) {
-                let error = dataverse_error(status, &text, retry_after, what);
-                if let (429, Some(wait)) = (status, error.retry_after) {
+                let error = DataverseError::from_answer(status, &body, retry_after);
+                if error.is_throttled() {
                     if let Ok(mut b) = self.blocked_until.lock() {
-                        *b = Some(std::time::Instant::now() + wait);
+                        *b = Some(std::time::Instant::now() + error.throttle_delay());
                     }
                 }
-                return Err(error);
+                return Err(DynamicsError::Answered {
+                    what: what.to_owned(),
+                    error,
+                });
             }
             return Ok(Answer {
                 status,
                 entity_id,
-                body: text,
+                body,
             });
         }
     }
 
-    pub async fn get_json(&self, path: &str, what: &str) -> Result<Value, PluginError> {
+    /// GETs `path` and reads the answer into `T`.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<T, DynamicsError> {
         let answer = self.send(reqwest::Method::GET, path, None, what).await?;
-        serde_json::from_str(&answer.body).map_err(|e| {
-            PluginError::retryable(format!("Dataverse's answer to {what} is not JSON: {e}"))
+        serde_json::from_slice(&answer.body).map_err(|e| DynamicsError::Unexpected {
+            what: what.to_owned(),
+            detail: e.to_string(),
         })
     }
+}
+
+/// An OData collection: `{"value": [...]}`.
+#[derive(Debug, serde::Deserialize)]
+pub struct Collection<T> {
+    pub value: Vec<T>,
 }
 
 /// An OData string literal: single quotes doubled.
@@ -317,52 +364,28 @@ mod tests {
             "ticketnumber%20eq%20'A%26B'"
         );
         assert_eq!(encode("ü"), "%C3%BC");
-    }
-
-    #[test]
-    fn entra_descriptions_are_found_in_either_shape() {
-        let escaped = r#"ClientSecretCredential authentication failed. invalid type: string "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: 1", expected a borrowed string"#;
-        assert_eq!(
-            entra_description(escaped).as_deref(),
-            Some("AADSTS7000215: Invalid client secret provided.")
-        );
-        let plain = "ClientSecretCredential authentication failed. AADSTS90002: Tenant 'x' not found.\r\nTrace ID: 2";
-        assert_eq!(
-            entra_description(plain).as_deref(),
-            Some("AADSTS90002: Tenant 'x' not found.")
-        );
-        assert_eq!(entra_description("connection refused"), None);
-    }
-
-    #[test]
-    fn dataverse_errors_are_typed_by_status() {
-        let body =
-            r#"{"error":{"code":"0x80072322","message":"Number of requests exceeded the limit"}}"#;
-        let e = dataverse_error(429, body, Some(7), "the upsert");
-        assert_eq!(
-            (e.kind, e.retry_after),
-            (
-                plugin_api::ErrorKind::Throttled,
-                Some(Duration::from_secs(7))
-            )
-        );
-        assert_eq!(
-            e.message,
-            "Dataverse answered HTTP 429 to the upsert: Number of requests exceeded the limit"
-        );
-        assert_eq!(
-            dataverse_error(503, "", None, "x").kind,
-            plugin_api::ErrorKind::Retryable
-        );
-        for status in [400, 403, 404] {
-            assert_eq!(
-                dataverse_error(status, body, None, "x").kind,
-                plugin_api::ErrorKind::Permanent
-            );
-        }
         assert_eq!(
             id_from_entity_url("https://x/api/data/v9.2/bt_sessions(1234-ab)").as_deref(),
             Some("1234-ab")
         );
+    }
+
+    #[test]
+    fn entra_errors_are_found_inside_azure_identitys_error() {
+        let refused = EntraError::Refused {
+            status: 401,
+            error: Some("invalid_client".into()),
+            description: "AADSTS7000215: Invalid client secret provided.".into(),
+        };
+        // What azure_identity makes of a transport error: wrapped, with its own text.
+        let wrapped = azure_core::Error::with_error(
+            azure_core::error::ErrorKind::Credential,
+            entra_failure(refused.clone()),
+            "ClientSecretCredential authentication failed.",
+        );
+        assert_eq!(entra_error(&wrapped), Some(refused));
+        let plain =
+            azure_core::Error::with_message(azure_core::error::ErrorKind::Io, "connection refused");
+        assert_eq!(entra_error(&plain), None);
     }
 }
