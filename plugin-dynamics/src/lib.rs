@@ -38,7 +38,13 @@ impl Plugin for Dynamics365 {
     }
 
     fn open(ctx: OpenContext) -> Result<Self, PluginError> {
-        let config = settings::Config::from_settings(&ctx.settings)?;
+        let config = settings::Config::parse(&ctx.settings).map_err(|faults| {
+            let faults: Vec<String> = faults
+                .iter()
+                .map(|f| format!("{}: {}", f.key, f.message))
+                .collect();
+            PluginError::configuration(format!("the settings are not valid: {}", faults.join("; ")))
+        })?;
         let sync = sync::Sync {
             appliance: appliance::ApplianceClient::new(config.appliance.clone(), CALL_TIMEOUT)?,
             dynamics: dynamics::DynamicsClient::new(config.dynamics.clone(), CALL_TIMEOUT)?,
@@ -102,7 +108,7 @@ mod tests {
         ] {
             s.set(key, value);
         }
-        settings::Config::from_settings(&s).expect("valid settings")
+        settings::Config::parse(&s).expect("valid settings")
     }
 
     #[test]

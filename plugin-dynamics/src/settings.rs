@@ -1,13 +1,29 @@
-//! The plugin's manifest and its own settings checks.
+//! The plugin's manifest and its settings, read once into the typed [`Config`].
 
-use plugin_api::manifest::is_domain_name;
-use plugin_api::{check_host_name, EventTypeDecl, FieldError, Manifest, SettingDecl, Settings};
+use plugin_api::common::{self, is_domain_name};
+use plugin_api::{
+    check_host_name, CommonSettings, EventTypeDecl, FieldError, Manifest, SettingDecl, Settings,
+};
 
 pub const SECTION: &str = "Microsoft Dynamics 365 Instance";
 
 pub const SESSION_END: &str = "support_conference_end";
 pub const CUSTOMER_SURVEY: &str = "support_conference_customer_exit_survey_completed";
 pub const REP_SURVEY: &str = "support_conference_rep_exit_survey_completed";
+
+/// The keys of this plugin's own section (the common section's are in
+/// `plugin_api::common::keys`).
+pub mod keys {
+    pub const DYNAMICS_URL: &str = "dynamics_url";
+    pub const AZURE_TENANT_ID: &str = "azure_tenant_id";
+    pub const AZURE_CLIENT_ID: &str = "azure_client_id";
+    pub const AZURE_CLIENT_SECRET: &str = "azure_client_secret";
+    pub const UPDATE_ALL_SESSIONS: &str = "update_all_sessions";
+    pub const ALLOWED_PREFIXES: &str = "allowed_prefixes";
+    pub const IMPORT_TIMESTAMPS_AS_UTC: &str = "import_timestamps_as_utc";
+    pub const TIME_ZONE: &str = "time_zone";
+    pub const AZURE_CLOUD: &str = "azure_cloud";
+}
 
 pub const ACTION_PROVISION: &str = "provision";
 pub const ACTION_CHECK_SCHEMA: &str = "check-schema";
@@ -26,27 +42,27 @@ pub fn manifest() -> Manifest {
         ],
         vec![end],
         vec![
-            SettingDecl::text("dynamics_url", "Microsoft Dynamics 365 URL")
+            SettingDecl::text(keys::DYNAMICS_URL, "Microsoft Dynamics 365 URL")
                 .required()
                 .help("URL of the Microsoft Dynamics 365 instance, e.g. https://contoso.crm4.dynamics.com"),
-            SettingDecl::text("azure_tenant_id", "Azure AD Tenant ID")
+            SettingDecl::text(keys::AZURE_TENANT_ID, "Azure AD Tenant ID")
                 .required()
                 .help("The Tenant ID (a GUID) or primary domain of the Azure instance."),
-            SettingDecl::text("azure_client_id", "Azure AD App Registration ID")
+            SettingDecl::text(keys::AZURE_CLIENT_ID, "Azure AD App Registration ID")
                 .required()
                 .help("The Application (client) ID of the app registration created for this integration."),
-            SettingDecl::secret("azure_client_secret", "Azure AD App Registration Client Secret")
+            SettingDecl::secret(keys::AZURE_CLIENT_SECRET, "Azure AD App Registration Client Secret")
                 .required()
                 .help("The client secret created under the app registration. Stored encrypted; never shown again."),
-            SettingDecl::bool("update_all_sessions", "Update Microsoft Dynamics 365 with all BeyondTrust sessions")
+            SettingDecl::bool(keys::UPDATE_ALL_SESSIONS, "Update Microsoft Dynamics 365 with all BeyondTrust sessions")
                 .help("If enabled, all BeyondTrust sessions are imported; otherwise only sessions whose external key is the ticket number of an existing Case."),
-            SettingDecl::text("allowed_prefixes", "List of Allowed Microsoft Dynamics 365 Prefixes")
+            SettingDecl::text(keys::ALLOWED_PREFIXES, "List of Allowed Microsoft Dynamics 365 Prefixes")
                 .help("Optional comma-separated list of prefixes (e.g. ABC, CBA): only sessions whose external key starts with one of them are imported. Ignored when all sessions are imported."),
-            SettingDecl::bool("import_timestamps_as_utc", "Import Timestamp as UTC")
+            SettingDecl::bool(keys::IMPORT_TIMESTAMPS_AS_UTC, "Import Timestamp as UTC")
                 .help("If enabled, date and time values are imported as UTC; otherwise as local time in the time zone below."),
-            SettingDecl::text("time_zone", "Local Time Zone")
+            SettingDecl::text(keys::TIME_ZONE, "Local Time Zone")
                 .help("IANA time zone for local times, e.g. Europe/Berlin. Empty: the server's time zone."),
-            SettingDecl::text("azure_cloud", "Azure Cloud")
+            SettingDecl::text(keys::AZURE_CLOUD, "Azure Cloud")
                 .default("public")
                 .help("public, usgovernment, china, or the https URL of a custom authority host."),
         ]
@@ -70,53 +86,10 @@ pub fn manifest() -> Manifest {
     ])
 }
 
-/// Checks the shapes the declarations cannot express.
+/// Checks the shapes the declarations cannot express: whatever [`Config::parse`]
+/// finds, so that a configuration that saves is one that opens.
 pub fn validate(settings: &Settings) -> Vec<FieldError> {
-    let mut errors = Vec::new();
-    if let Some(url) = settings.str("dynamics_url") {
-        if let Err(e) = check_https_url(url) {
-            errors.push(FieldError::new("dynamics_url", e));
-        }
-    }
-    if let Some(tenant) = settings.str("azure_tenant_id") {
-        if !is_guid(tenant) && !is_domain_name(tenant) {
-            errors.push(FieldError::new(
-                "azure_tenant_id",
-                "must be the tenant's GUID (e.g. 72f988bf-86f1-41af-91ab-2d7cd011db47) or its domain (e.g. contoso.onmicrosoft.com)",
-            ));
-        }
-    }
-    if let Some(client) = settings.str("azure_client_id") {
-        if !is_guid(client) {
-            errors.push(FieldError::new(
-                "azure_client_id",
-                "must be the app registration's Application (client) ID, a GUID",
-            ));
-        }
-    }
-    if let Some(prefixes) = settings.str("allowed_prefixes") {
-        if let Err(e) = parse_prefixes(prefixes) {
-            errors.push(FieldError::new("allowed_prefixes", e));
-        }
-    }
-    if let Some(zone) = settings.str("time_zone") {
-        if zone.parse::<chrono_tz::Tz>().is_err() {
-            errors.push(FieldError::new(
-                "time_zone",
-                format!("{zone:?} is not an IANA time zone name (e.g. Europe/Berlin, America/New_York, UTC)"),
-            ));
-        }
-    }
-    if let Some(cloud) = settings.str("azure_cloud") {
-        if !matches!(cloud, "public" | "usgovernment" | "china") && check_https_url(cloud).is_err()
-        {
-            errors.push(FieldError::new(
-                "azure_cloud",
-                "must be public, usgovernment, china, or an https:// authority host URL",
-            ));
-        }
-    }
-    errors
+    Config::parse(settings).err().unwrap_or_default()
 }
 
 /// The allowed prefixes: comma-separated, spaces around commas ignored, none empty.
@@ -155,8 +128,8 @@ fn is_guid(s: &str) -> bool {
             .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// A configuration's settings, typed once when its instance opens (they were
-/// validated when saved).
+/// A configuration's settings, read once and typed: `validate` reports what
+/// `parse` finds, `open` uses what it returns.
 pub struct Config {
     pub appliance: crate::appliance::ApplianceSettings,
     pub dynamics: crate::dynamics::DynamicsSettings,
@@ -165,50 +138,115 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_settings(s: &Settings) -> Result<Self, plugin_api::PluginError> {
-        use plugin_api::PluginError;
-        let required = |key: &str| {
-            s.str(key)
-                .map(str::to_owned)
-                .ok_or_else(|| PluginError::configuration(format!("the setting {key} is empty")))
+    /// Reads the common B Series section (`plugin_api::CommonSettings`) and this
+    /// plugin's own; every fault is returned, each naming its field.
+    pub fn parse(s: &Settings) -> Result<Self, Vec<FieldError>> {
+        let (common, mut errors) = match CommonSettings::parse(s) {
+            Ok(common) => (Some(common), Vec::new()),
+            Err(faults) => (None, faults),
         };
-        let tls = crate::http::TlsSettings::load(
-            s.bool("allow_invalid_certificates"),
-            s.str("ca_certificate_file"),
-        )?;
-        let prefixes = match s.str("allowed_prefixes") {
-            Some(text) => parse_prefixes(text).map_err(PluginError::configuration)?,
+        let mut fault = |key: &str, message: String| errors.push(FieldError::new(key, message));
+        let required = |key: &str, fault: &mut dyn FnMut(&str, String)| match s.str(key) {
+            Some(value) => value.to_owned(),
+            None => {
+                fault(key, "is required".into());
+                String::new()
+            }
+        };
+        let url = required(keys::DYNAMICS_URL, &mut fault);
+        if !url.is_empty() {
+            if let Err(e) = check_https_url(&url) {
+                fault(keys::DYNAMICS_URL, e);
+            }
+        }
+        let tenant_id = required(keys::AZURE_TENANT_ID, &mut fault);
+        if !tenant_id.is_empty() && !is_guid(&tenant_id) && !is_domain_name(&tenant_id) {
+            fault(
+                keys::AZURE_TENANT_ID,
+                "must be the tenant's GUID (e.g. 72f988bf-86f1-41af-91ab-2d7cd011db47) or its domain (e.g. contoso.onmicrosoft.com)".into(),
+            );
+        }
+        let client_id = required(keys::AZURE_CLIENT_ID, &mut fault);
+        if !client_id.is_empty() && !is_guid(&client_id) {
+            fault(
+                keys::AZURE_CLIENT_ID,
+                "must be the app registration's Application (client) ID, a GUID".into(),
+            );
+        }
+        let client_secret = required(keys::AZURE_CLIENT_SECRET, &mut fault);
+        let prefixes = match s.str(keys::ALLOWED_PREFIXES).map(parse_prefixes) {
             None => Vec::new(),
+            Some(Ok(prefixes)) => prefixes,
+            Some(Err(e)) => {
+                fault(keys::ALLOWED_PREFIXES, e);
+                Vec::new()
+            }
         };
-        let times = if s.bool("import_timestamps_as_utc") {
+        let zone = match s.str(keys::TIME_ZONE) {
+            None => None,
+            Some(name) => match name.parse::<chrono_tz::Tz>() {
+                Ok(zone) => Some(zone),
+                Err(_) => {
+                    fault(
+                        keys::TIME_ZONE,
+                        format!("{name:?} is not an IANA time zone name (e.g. Europe/Berlin, America/New_York, UTC)"),
+                    );
+                    None
+                }
+            },
+        };
+        let cloud = s.str(keys::AZURE_CLOUD);
+        if let Some(cloud) = cloud {
+            if !matches!(cloud, "public" | "usgovernment" | "china")
+                && check_https_url(cloud).is_err()
+            {
+                fault(
+                    keys::AZURE_CLOUD,
+                    "must be public, usgovernment, china, or an https:// authority host URL".into(),
+                );
+            }
+        }
+        let Some(common) = common else {
+            return Err(errors);
+        };
+        let access = &common.appliance;
+        let ca_file = access
+            .ca_certificate_file
+            .as_deref()
+            .and_then(|p| p.to_str());
+        let tls = match crate::http::TlsSettings::load(access.allow_invalid_certificates, ca_file) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                fault(common::keys::CA_CERTIFICATE_FILE, e.to_string());
+                None
+            }
+        };
+        let (Some(tls), true) = (tls, errors.is_empty()) else {
+            return Err(errors);
+        };
+        let times = if s.bool(keys::IMPORT_TIMESTAMPS_AS_UTC) {
             crate::rules::Times::Utc
         } else {
-            let zone = match s.str("time_zone") {
-                Some(name) => name.parse().map_err(|_| {
-                    PluginError::configuration(format!("{name:?} is not an IANA time zone"))
-                })?,
-                None => crate::rules::server_zone(),
-            };
-            crate::rules::Times::Local(zone)
+            crate::rules::Times::Local(zone.unwrap_or_else(crate::rules::server_zone))
         };
         Ok(Self {
             appliance: crate::appliance::ApplianceSettings {
-                host: required("bt_hostname")?,
-                client_id: required("bt_client_id")?,
-                client_secret: required("bt_client_secret")?.into(),
-                locale: s.str("bt_locale").unwrap_or("en-us").to_owned(),
+                host: access.host.clone(),
+                client_id: access.client_id.clone(),
+                client_secret: access.client_secret.clone(),
+                locale: access.locale.clone(),
                 tls: tls.clone(),
             },
             dynamics: crate::dynamics::DynamicsSettings {
-                url: required("dynamics_url")?.trim_end_matches('/').to_owned(),
-                tenant_id: required("azure_tenant_id")?,
-                client_id: required("azure_client_id")?,
-                client_secret: required("azure_client_secret")?.into(),
-                cloud: crate::dynamics::Cloud::parse(s.str("azure_cloud")),
+                url: url.trim_end_matches('/').to_owned(),
+                tenant_id,
+                client_id,
+                client_secret: client_secret.into(),
+                cloud: crate::dynamics::Cloud::parse(cloud),
                 tls,
             },
             rules: crate::rules::ImportRules {
-                all_sessions: s.bool("update_all_sessions"),
+                all_sessions: s.bool(keys::UPDATE_ALL_SESSIONS),
                 prefixes,
             },
             times,
@@ -220,10 +258,22 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// Complete, valid settings with `pairs` put over them.
     fn settings(pairs: &[(&str, &str)]) -> Settings {
         let mut s = Settings::default();
-        for (k, v) in pairs {
-            s.set(k, *v);
+        for (k, v) in [
+            ("bt_hostname", "support.example.com"),
+            ("bt_client_id", "0123456789abcdef"),
+            ("bt_client_secret", "bt-secret"),
+            ("dynamics_url", "https://contoso.crm4.dynamics.com"),
+            ("azure_tenant_id", "72f988bf-86f1-41af-91ab-2d7cd011db47"),
+            ("azure_client_id", "11111111-2222-3333-4444-555555555555"),
+            ("azure_client_secret", "azure-secret"),
+        ]
+        .into_iter()
+        .chain(pairs.iter().copied())
+        {
+            s.set(k, v);
         }
         s
     }
@@ -313,5 +363,28 @@ mod tests {
         );
         assert!(parse_prefixes("AB C").is_err());
         assert!(parse_prefixes("ABC,").is_err());
+    }
+
+    #[test]
+    fn what_saves_is_what_opens() {
+        let config = Config::parse(&settings(&[
+            ("allowed_prefixes", "CAS, INC"),
+            ("time_zone", "Europe/Berlin"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.rules.prefixes, vec!["CAS", "INC"]);
+        assert_eq!(config.appliance.host, "support.example.com");
+        assert_eq!(config.dynamics.url, "https://contoso.crm4.dynamics.com");
+        let missing = Config::parse(&Settings::default())
+            .err()
+            .unwrap_or_default();
+        assert!(
+            ["bt_hostname", "dynamics_url", "azure_client_secret"]
+                .iter()
+                .all(|key| keys(&missing).contains(key)),
+            "{missing:?}"
+        );
+        let unreadable_ca = settings(&[("ca_certificate_file", "/nonexistent/ca.pem")]);
+        assert_eq!(keys(&validate(&unreadable_ca)), vec!["ca_certificate_file"]);
     }
 }
