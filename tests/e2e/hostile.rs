@@ -82,17 +82,8 @@ async fn a_restart_on_200_000_stored_events_answers_the_first_event_at_once() {
     }
     let started = Instant::now();
     let host = host.start_again();
-    let http = reqwest::Client::builder()
-        .timeout(HANG)
-        .build()
-        .expect("client");
-    let (status, body) = answer(
-        http.post(format!("{}/ERSPost", host.events))
-            .form(END_FORM)
-            .send()
-            .await,
-    )
-    .await;
+    let http = patient_client();
+    let (status, body) = post_end_event(&http, &host).await;
     let first_event = started.elapsed();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ignored");
@@ -104,6 +95,24 @@ async fn a_restart_on_200_000_stored_events_answers_the_first_event_at_once() {
     )
     .await;
     assert_eq!(status, 200, "the admin API answers too");
+}
+
+/// A client that gives up only on a hang (see [`HANG`]).
+fn patient_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(HANG)
+        .build()
+        .expect("client")
+}
+
+async fn post_end_event(http: &reqwest::Client, host: &TestHost) -> (u16, serde_json::Value) {
+    answer(
+        http.post(format!("{}/ERSPost", host.events))
+            .form(END_FORM)
+            .send()
+            .await,
+    )
+    .await
 }
 
 fn chrono_ms() -> i64 {
@@ -215,17 +224,8 @@ async fn with_few_file_descriptors_hundreds_of_idle_sockets_leave_the_engine_ans
     for _ in 0..400 {
         idle.push(TcpStream::connect(&events).await.expect("connect"));
     }
-    let http = reqwest::Client::builder()
-        .timeout(HANG)
-        .build()
-        .expect("client");
-    let (status, body) = answer(
-        http.post(format!("{}/ERSPost", host.events))
-            .form(END_FORM)
-            .send()
-            .await,
-    )
-    .await;
+    let http = patient_client();
+    let (status, body) = post_end_event(&http, &host).await;
     assert_eq!(status, 200, "{body}");
     let (status, _) = answer(http.get(format!("{}/api/plugins", host.admin)).send().await).await;
     assert_eq!(status, 200);

@@ -106,19 +106,7 @@ fn plugins_with_truncated_copies(plugins: &PluginsDir) -> [usize; 2] {
 
 /// `4096` as `4,096`, the way the verdicts write byte counts.
 fn grouped(n: usize) -> String {
-    let digits = n.to_string();
-    // The first group takes 1 to 3 digits, every later one exactly 3.
-    let head = (digits.len() - 1) % 3 + 1;
-    let (mut text, mut rest) = match digits.split_at_checked(head) {
-        Some((first, rest)) => (first.to_owned(), rest),
-        None => return digits,
-    };
-    while let Some((group, tail)) = rest.split_at_checked(3) {
-        text.push(',');
-        text.push_str(group);
-        rest = tail;
-    }
-    text
+    plugin_api::loader::grouped(n as u64)
 }
 
 fn assert_truncated_verdict(reason: &str, cut: usize) {
