@@ -141,6 +141,7 @@ impl App {
                 store,
                 engine: Arc::clone(&engine),
                 metrics,
+                history_slots: tokio::sync::Semaphore::new(1),
             }),
             settings,
             admin_addr,

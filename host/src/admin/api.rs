@@ -21,6 +21,9 @@ pub struct AdminState {
     pub store: crate::store::Store,
     pub engine: Arc<crate::engine::Engine>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// History listings run one at a time: on a small machine a loop of large ones
+    /// must leave CPU to intake, whose commits they no longer block.
+    pub history_slots: tokio::sync::Semaphore,
 }
 
 pub type AppState = Arc<AdminState>;
