@@ -99,7 +99,11 @@ pub async fn list_events(
             .transpose()?,
         limit,
     };
-    let _slot = app.history_slots.acquire().await.map_err(ApiError::internal)?;
+    let _slot = app
+        .history_slots
+        .acquire()
+        .await
+        .map_err(ApiError::internal)?;
     let jobs = app
         .store
         .read(move |conn| events::list(conn, &filter))
