@@ -18,6 +18,7 @@ use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::plugins::runner::CallLimits;
 use crate::plugins::Registry;
+use crate::readiness::Readiness;
 use crate::secrets::{SecretBox, SecretsError};
 use crate::serve::Limits;
 use crate::settings::HostSettings;
@@ -135,6 +136,10 @@ impl App {
             %events_addr,
             "engine ready"
         );
+        let readiness = Arc::new(Readiness {
+            intake: Arc::clone(&intake),
+            store: store.clone(),
+        });
         let admin_router = crate::admin::router(
             Arc::new(AdminState {
                 configurations: Arc::clone(&configurations),
@@ -142,11 +147,13 @@ impl App {
                 engine: Arc::clone(&engine),
                 metrics,
                 history_slots: tokio::sync::Semaphore::new(1),
+                readiness: Arc::clone(&readiness),
             }),
             settings,
             admin_addr,
         );
-        let event_router = crate::intake::router(Arc::clone(&intake), settings.client_body_timeout);
+        let event_router =
+            crate::intake::router(Arc::clone(&intake), readiness, settings.client_body_timeout);
         Ok(Self {
             admin: Address {
                 listener: admin,

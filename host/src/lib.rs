@@ -11,6 +11,7 @@ pub mod intake;
 pub mod logging;
 pub mod metrics;
 pub mod plugins;
+pub mod readiness;
 pub mod secrets;
 pub mod serve;
 pub mod settings;

@@ -8,3 +8,4 @@ mod events;
 mod helpers;
 mod hostile;
 mod plugin_loading;
+mod readiness;

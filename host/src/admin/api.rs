@@ -24,6 +24,7 @@ pub struct AdminState {
     /// History listings run one at a time: on a small machine a loop of large ones
     /// must leave CPU to intake, whose commits they no longer block.
     pub history_slots: tokio::sync::Semaphore,
+    pub readiness: Arc<crate::readiness::Readiness>,
 }
 
 pub type AppState = Arc<AdminState>;

@@ -78,6 +78,11 @@ pub fn router(state: Arc<AdminState>, settings: &HostSettings, bound: SocketAddr
         .nest("/api", api)
         .merge(page::routes())
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(app): State<Arc<AdminState>>| async move { app.readiness.answer().await })
+                .with_state(Arc::clone(&state)),
+        )
         .route("/metrics", get(events_api::metrics).with_state(state))
         .fallback(|| async { ApiError::NotFound("not found".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

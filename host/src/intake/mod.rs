@@ -82,6 +82,10 @@ impl Intake {
         )))
     }
 
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Ordering::SeqCst);
     }
@@ -132,11 +136,19 @@ struct EventQuery {
     appliance: Option<String>,
 }
 
-pub fn router(intake: Arc<Intake>, body_timeout: Duration) -> Router {
+pub fn router(
+    intake: Arc<Intake>,
+    readiness: Arc<crate::readiness::Readiness>,
+    body_timeout: Duration,
+) -> Router {
     let gate = axum::middleware::from_fn_with_state((Arc::clone(&intake), body_timeout), gate);
     Router::new()
         .route("/ERSPost", post(receive).layer(gate))
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move { readiness.answer().await }),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(intake)
 }
