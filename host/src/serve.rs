@@ -168,6 +168,16 @@ pub async fn read_body(
     Ok(Request::from_parts(parts, Body::from(Bytes::from(bytes))))
 }
 
+/// Marks an answer given before the body was read whole: what is left of the body
+/// is not read, so the connection cannot be reused.
+pub fn closing(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// Raises the soft limit of open files to the hard limit (systemd and many shells
 /// start services with 1,024), and returns the limit now in force.
 #[cfg(unix)]

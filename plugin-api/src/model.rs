@@ -187,6 +187,15 @@ impl FieldError {
             message: message.into(),
         }
     }
+
+    /// Faults as one line, `key: message; key: message`, for a log or an error.
+    pub fn summary(faults: &[Self]) -> String {
+        faults
+            .iter()
+            .map(|f| format!("{}: {}", f.key, f.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// What the host should do about a failed call.

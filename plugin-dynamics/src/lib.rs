@@ -39,11 +39,10 @@ impl Plugin for Dynamics365 {
 
     fn open(ctx: OpenContext) -> Result<Self, PluginError> {
         let config = settings::Config::parse(&ctx.settings).map_err(|faults| {
-            let faults: Vec<String> = faults
-                .iter()
-                .map(|f| format!("{}: {}", f.key, f.message))
-                .collect();
-            PluginError::configuration(format!("the settings are not valid: {}", faults.join("; ")))
+            PluginError::configuration(format!(
+                "the settings are not valid: {}",
+                FieldError::summary(&faults)
+            ))
         })?;
         let sync = sync::Sync {
             appliance: appliance::ApplianceClient::new(config.appliance.clone(), CALL_TIMEOUT)?,

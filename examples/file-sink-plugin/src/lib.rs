@@ -99,13 +99,8 @@ impl Plugin for FileSink {
     }
 
     fn open(ctx: OpenContext) -> Result<Self, PluginError> {
-        let config = Config::parse(&ctx.settings).map_err(|faults| {
-            let faults: Vec<String> = faults
-                .iter()
-                .map(|f| format!("{}: {}", f.key, f.message))
-                .collect();
-            PluginError::configuration(faults.join("; "))
-        })?;
+        let config = Config::parse(&ctx.settings)
+            .map_err(|faults| PluginError::configuration(FieldError::summary(&faults)))?;
         ctx.log
             .info(&format!("writing events to {}", config.output.display()));
         Ok(Self {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -102,13 +101,6 @@ async fn read_whole_body(
 ) -> Response {
     match crate::serve::read_body(request, BODY_LIMIT, timeout).await {
         Ok(request) => next.run(request).await,
-        Err(e) => {
-            // What is left of the body is not read: the connection cannot be reused.
-            let mut response = ApiError::from(e).into_response();
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            response
-        }
+        Err(e) => crate::serve::closing(ApiError::from(e).into_response()),
     }
 }

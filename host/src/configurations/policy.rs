@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use plugin_api::{CommonSettings, EventSource, Settings};
+use plugin_api::{CommonSettings, EventSource, FieldError, Settings};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventPolicy {
@@ -36,13 +36,7 @@ impl EventPolicy {
     pub fn from_settings(settings: &Settings) -> Result<Self, String> {
         CommonSettings::parse(settings)
             .map(|common| Self::from(&common))
-            .map_err(|faults| {
-                faults
-                    .iter()
-                    .map(|f| format!("{}: {}", f.key, f.message))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
+            .map_err(|faults| FieldError::summary(&faults))
     }
 
     /// The policy of a configuration whose settings cannot be read: it takes no event.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -173,12 +173,7 @@ async fn gate(
         Err(e) => {
             intake.metrics.received(Received::Rejected);
             tracing::warn!(%peer, "event rejected: {e}");
-            // What is left of the body is not read: the connection cannot be reused.
-            let mut response = e.into_response();
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            response
+            crate::serve::closing(e.into_response())
         }
     }
 }
