@@ -23,6 +23,7 @@ use crate::secrets::{SecretBox, SecretsError};
 use crate::serve::Limits;
 use crate::settings::HostSettings;
 use crate::store::{Store, StoreError};
+use crate::tls::Certificate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -32,6 +33,13 @@ pub enum StartError {
     Secrets(#[from] SecretsError),
     #[error(transparent)]
     Configurations(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot set up TLS on the {what}: {source}")]
+    TlsSetup {
+        what: &'static str,
+        source: rustls::Error,
+    },
     #[error("cannot listen on {addr} for the {what}: {source}")]
     Listen {
         what: &'static str,
@@ -45,6 +53,18 @@ struct Address {
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    /// Set when the address serves HTTPS.
+    tls: Option<Arc<Certificate>>,
+}
+
+impl Address {
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// The engine, built: plugins loaded, configurations open, the engine's loops
@@ -61,6 +81,9 @@ pub struct App {
 
 impl App {
     pub async fn build(settings: &HostSettings) -> Result<Self, StartError> {
+        // Certificates first: a wrong file stops the start before anything is opened.
+        let admin_tls = tls_of("admin address", settings.admin_tls.as_ref())?;
+        let event_tls = tls_of("event address", settings.event_tls.as_ref())?;
         let plugins_dir = settings.plugins_dir.clone();
         let registry = tokio::task::spawn_blocking(move || Registry::scan(&plugins_dir))
             .await
@@ -140,6 +163,7 @@ impl App {
             intake: Arc::clone(&intake),
             store: store.clone(),
         });
+        let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
         let admin_router = crate::admin::router(
             Arc::new(AdminState {
                 configurations: Arc::clone(&configurations),
@@ -151,6 +175,7 @@ impl App {
             }),
             settings,
             admin_addr,
+            admin_scheme,
         );
         let event_router =
             crate::intake::router(Arc::clone(&intake), readiness, settings.client_body_timeout);
@@ -159,11 +184,13 @@ impl App {
                 listener: admin,
                 router: admin_router,
                 limits: limits(admin_connections),
+                tls: admin_tls,
             },
             events: Address {
                 listener: events,
                 router: event_router,
                 limits: limits(event_connections),
+                tls: event_tls,
             },
             admin_addr,
             events_addr,
@@ -183,6 +210,16 @@ impl App {
         self.events_addr
     }
 
+    /// The admin page's URL (`http://` or `https://`).
+    pub fn admin_url(&self) -> String {
+        format!("{}://{}/", self.admin.scheme(), self.admin_addr)
+    }
+
+    /// The event address' base URL, without a path.
+    pub fn events_url(&self) -> String {
+        format!("{}://{}", self.events.scheme(), self.events_addr)
+    }
+
     /// Serves both addresses until `shutdown` resolves; then refuses new events (503,
     /// the appliance keeps them), lets plugin calls in flight finish within the grace
     /// period, and closes the servers.
@@ -194,6 +231,7 @@ impl App {
             let grace = self.shutdown_grace;
             tokio::spawn(async move {
                 shutdown.await;
+                crate::notify::stopping();
                 tracing::info!("stopping: no new events taken; finishing the calls in flight");
                 intake.stop_accepting();
                 engine.drain(grace).await;
@@ -204,21 +242,47 @@ impl App {
             let _ = rx.wait_for(|closed| *closed).await;
         };
         let (admin, events) = (self.admin, self.events);
+        let certificates: Vec<Arc<Certificate>> =
+            admin.tls.iter().chain(events.tls.iter()).cloned().collect();
+        let watcher = crate::tls::watch(certificates);
+        let acceptor = |address: &Address| {
+            address
+                .tls
+                .as_ref()
+                .map(|certificate| {
+                    let what = certificate.what();
+                    certificate
+                        .acceptor()
+                        .map_err(|source| StartError::TlsSetup { what, source })
+                })
+                .transpose()
+        };
+        let (admin_acceptor, events_acceptor) = match (acceptor(&admin), acceptor(&events)) {
+            (Ok(a), Ok(e)) => (a, e),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        crate::notify::ready();
         tokio::join!(
             crate::serve::serve(
                 admin.listener,
                 admin.router,
                 admin.limits,
+                admin_acceptor,
                 closed(closed_rx.clone())
             ),
             crate::serve::serve(
                 events.listener,
                 events.router,
                 events.limits,
+                events_acceptor,
                 closed(closed_rx)
             ),
         );
         stopper.abort();
+        watcher.abort();
         tracing::info!("stopped");
     }
 }
@@ -226,13 +290,20 @@ impl App {
 /// Runs the engine until Ctrl-C or SIGTERM.
 pub async fn run(settings: HostSettings) -> Result<(), StartError> {
     let app = App::build(&settings).await?;
-    announce(&format!("admin page: http://{}/", app.admin_addr()));
+    announce(&format!("admin page: {}", app.admin_url()));
     announce(&format!(
-        "event address: http://{}/ERSPost?appliance=<Appliance Id>",
-        app.events_addr()
+        "event address: {}/ERSPost?appliance=<Appliance Id>",
+        app.events_url()
     ));
     app.run_until(crate::shutdown_signal()).await;
     Ok(())
+}
+
+fn tls_of(
+    what: &'static str,
+    files: Option<&crate::settings::TlsFiles>,
+) -> Result<Option<Arc<Certificate>>, StartError> {
+    Ok(files.map(|f| Certificate::load(what, f)).transpose()?)
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -1,6 +1,7 @@
 //! The `middleware-engine` command line.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -24,7 +25,11 @@ enum Command {
     /// Run the engine (the default): load plugins, serve the admin page and the event address.
     Serve,
     /// List the plugins in the Plugins folder with their verdict; exits 1 when any failed.
-    Plugins,
+    /// `plugins install FILE.zip` installs a plugin archive.
+    Plugins {
+        #[command(subcommand)]
+        command: Option<PluginsCommand>,
+    },
     /// Run a plugin's action on a configuration, e.g. `action Production provision`;
     /// prints its progress and report, exits 1 when a check failed.
     Action {
@@ -33,25 +38,182 @@ enum Command {
         /// The action's name (the admin page lists each plugin's actions)
         action: String,
     },
+    /// Certificates for the HTTPS addresses.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+    /// Check the settings, the TLS files and the plugins, as `nginx -t` does; exits 1 on
+    /// any problem.
+    CheckConfig,
 }
 
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// Install a plugin archive (a ZIP holding `<folder>/<library>`) into the Plugins
+    /// folder; the service must be restarted to load it.
+    Install {
+        /// The plugin's ZIP file
+        file: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Create a private CA and a server certificate it signs under `<data>/tls/`.
+    Init {
+        /// A DNS name the appliance reaches the engine by (repeat for more)
+        #[arg(long = "hostname", value_name = "NAME")]
+        hostnames: Vec<String>,
+        /// An IP address the appliance reaches the engine by (repeat for more)
+        #[arg(long = "ip", value_name = "ADDR")]
+        ips: Vec<std::net::IpAddr>,
+        /// Replace the files of an earlier `tls init`
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Where the Debian package puts the settings file; read when no other is named.
+pub const SYSTEM_CONFIG: &str = "/etc/middleware-engine/engine.toml";
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.settings.config.is_none() && Path::new(SYSTEM_CONFIG).is_file() {
+        cli.settings.config = Some(SYSTEM_CONFIG.into());
+    }
     let settings = match HostSettings::resolve(&cli.settings) {
         Ok(s) => s,
+        Err(e) if matches!(cli.command, Some(Command::CheckConfig)) => {
+            println!("FAILED  settings: {e}");
+            println!("the configuration has problems");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("middleware-engine: {e}");
             return ExitCode::from(2);
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Plugins => list_plugins(&settings),
+        Command::Plugins { command: None } => list_plugins(&settings),
+        Command::Plugins {
+            command: Some(PluginsCommand::Install { file }),
+        } => crate::plugins::install::cli(&settings, &file),
+        Command::Tls {
+            command:
+                TlsCommand::Init {
+                    hostnames,
+                    ips,
+                    force,
+                },
+        } => crate::tls::init::cli(&settings, &hostnames, &ips, force),
+        Command::CheckConfig => check_config(&settings, cli.settings.config.as_deref()),
         Command::Serve => serve(&settings),
         Command::Action {
             configuration,
             action,
         } => run_action(&settings, &configuration, &action),
     }
+}
+
+/// `check-config`: one line per part, `ok` or `FAILED`, then the verdict.
+fn check_config(settings: &HostSettings, file: Option<&Path>) -> ExitCode {
+    let mut lines = Vec::new();
+    let mut failed = false;
+    let mut line = |ok: bool, text: String| {
+        failed |= !ok;
+        lines.push(format!("{}  {text}", if ok { "ok    " } else { "FAILED" }));
+    };
+    line(
+        true,
+        match file {
+            Some(path) => format!("settings: {}", path.display()),
+            None => "settings: no settings file; defaults, MWE_* variables and flags".into(),
+        },
+    );
+    for (what, addr, files) in [
+        ("event address", settings.event_listen, &settings.event_tls),
+        ("admin address", settings.admin_listen, &settings.admin_tls),
+    ] {
+        match files {
+            None => line(true, format!("{what} {addr}: plain HTTP")),
+            Some(files) => match crate::tls::check(files) {
+                Ok(summary) => line(true, format!("{what} {addr}: HTTPS, {summary}")),
+                Err(e) => line(false, format!("{what} {addr}: {e}")),
+            },
+        }
+    }
+    match check_data_dir(&settings.data_dir) {
+        Ok(state) => line(
+            true,
+            format!("data folder {}: {state}", settings.data_dir.display()),
+        ),
+        Err(e) => line(
+            false,
+            format!("data folder {}: {e}", settings.data_dir.display()),
+        ),
+    }
+    let registry = Registry::scan(&settings.plugins_dir);
+    let plugins_ok = registry.problem.is_none() && registry.failed_count() == 0;
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text.push_str(&render_plugin_list(&registry));
+    failed |= !plugins_ok;
+    text.push_str(if failed {
+        "the configuration has problems\n"
+    } else {
+        "the configuration is good\n"
+    });
+    if std::io::stdout().lock().write_all(text.as_bytes()).is_err() || failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Whether the engine could keep its database in `dir`, without creating anything.
+fn check_data_dir(dir: &Path) -> Result<&'static str, String> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Err("is not a folder".into()),
+        Ok(_) => {
+            let probe = tempfile_in(dir).map_err(|e| format!("cannot be written: {e}"))?;
+            let _ = std::fs::remove_file(probe);
+            Ok("writable")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = dir
+                .ancestors()
+                .skip(1)
+                .find(|a| a.as_os_str().is_empty() || a.exists())
+                .map(|a| {
+                    if a.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        a
+                    }
+                })
+                .unwrap_or(Path::new("/"));
+            let probe = tempfile_in(parent).map_err(|e| {
+                format!(
+                    "does not exist and cannot be created in {}: {e}",
+                    parent.display()
+                )
+            })?;
+            let _ = std::fs::remove_file(probe);
+            Ok("will be created at start")
+        }
+        Err(e) => Err(format!("cannot be read: {e}")),
+    }
+}
+
+/// Creates an empty file of a fresh name in `dir` and returns it.
+fn tempfile_in(dir: &Path) -> std::io::Result<std::path::PathBuf> {
+    let path = dir.join(format!(".check-config-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    Ok(path)
 }
 
 fn list_plugins(settings: &HostSettings) -> ExitCode {

@@ -10,12 +10,14 @@ pub mod engine;
 pub mod intake;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod plugins;
 pub mod readiness;
 pub mod secrets;
 pub mod serve;
 pub mod settings;
 pub mod store;
+pub mod tls;
 /// Resolves on Ctrl-C or SIGTERM (how a service manager stops the engine).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

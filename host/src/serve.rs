@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// Connections still open at shutdown get this long to finish.
@@ -40,12 +41,14 @@ pub struct Limits {
     pub body_timeout: Duration,
 }
 
-/// Serves until `shutdown` resolves; handlers can read the peer's address through
+/// Serves until `shutdown` resolves, over TLS when `tls` is given (HTTPS only: a
+/// plain request gets no answer); handlers can read the peer's address through
 /// `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let local = listener
@@ -103,14 +106,39 @@ pub async fn serve(
                 router.clone().oneshot(request.map(Body::new))
             },
         );
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, "connection ended: {e}");
+        match &tls {
+            None => {
+                let connection =
+                    graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                    drop(slot);
+                });
             }
-            drop(slot);
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, under the header timer: a
+                // client that never finishes it is closed like a silent one.
+                let handshake = acceptor.accept(stream);
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let timeout = limits.header_timeout;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            let connection =
+                                builder.serve_connection(TokioIo::new(stream), service);
+                            if let Err(e) = watcher.watch(connection).await {
+                                tracing::debug!(%peer, "connection ended: {e}");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake not finished in time"),
+                    }
+                    drop(slot);
+                });
+            }
+        }
     }
     if tokio::time::timeout(CLOSE_GRACE, graceful.shutdown())
         .await

@@ -803,6 +803,40 @@ settings! {
         default: "30",
         help: "Time a client has to send a request's whole body (408 past it)",
     },
+    event_tls_cert {
+        kind: Path,
+        flag: "event-tls-cert",
+        env: "MWE_EVENT_TLS_CERT",
+        value_name: "FILE",
+        unset: "none (plain HTTP)",
+        help: "PEM certificate chain of the event address; with event_tls_key it serves HTTPS \
+               only. Reloaded on SIGHUP and when the file changes",
+    },
+    event_tls_key {
+        kind: Path,
+        flag: "event-tls-key",
+        env: "MWE_EVENT_TLS_KEY",
+        value_name: "FILE",
+        unset: "none",
+        help: "PEM private key (PKCS#8, PKCS#1 or SEC1) of event_tls_cert",
+    },
+    admin_tls_cert {
+        kind: Path,
+        flag: "admin-tls-cert",
+        env: "MWE_ADMIN_TLS_CERT",
+        value_name: "FILE",
+        unset: "none (plain HTTP)",
+        help: "PEM certificate chain of the admin address; with admin_tls_key it serves HTTPS \
+               only. Reloaded on SIGHUP and when the file changes",
+    },
+    admin_tls_key {
+        kind: Path,
+        flag: "admin-tls-key",
+        env: "MWE_ADMIN_TLS_KEY",
+        value_name: "FILE",
+        unset: "none",
+        help: "PEM private key (PKCS#8, PKCS#1 or SEC1) of admin_tls_cert",
+    },
 }
 
 /// An environment variable's text; unset, empty or absent alike.
@@ -919,6 +953,36 @@ pub struct HostSettings {
     pub admin_max_connections: usize,
     pub client_header_timeout: Duration,
     pub client_body_timeout: Duration,
+    /// The event address' certificate and key: HTTPS when set.
+    pub event_tls: Option<TlsFiles>,
+    /// The admin address' certificate and key: HTTPS when set.
+    pub admin_tls: Option<TlsFiles>,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Both files or neither: one alone is a mistake worth stopping for.
+fn tls_pair(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    cert_key: &str,
+    key_key: &str,
+) -> Result<Option<TlsFiles>, SettingsError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(SettingsError::Invalid(format!(
+            "{cert_key} is set but {key_key} is not: set both for HTTPS, or neither for plain HTTP"
+        ))),
+        (None, Some(_)) => Err(SettingsError::Invalid(format!(
+            "{key_key} is set but {cert_key} is not: set both for HTTPS, or neither for plain HTTP"
+        ))),
+    }
 }
 
 /// An address or a network in CIDR form (`10.0.0.0/8`, `::1`).
@@ -1200,6 +1264,18 @@ impl HostSettings {
             )?,
             client_header_timeout: given(low.client_header_timeout, "client_header_timeout")?,
             client_body_timeout: given(low.client_body_timeout, "client_body_timeout")?,
+            event_tls: tls_pair(
+                low.event_tls_cert,
+                low.event_tls_key,
+                "event_tls_cert",
+                "event_tls_key",
+            )?,
+            admin_tls: tls_pair(
+                low.admin_tls_cert,
+                low.admin_tls_key,
+                "admin_tls_cert",
+                "admin_tls_key",
+            )?,
         })
     }
 
@@ -1296,12 +1372,56 @@ fn comment(text: &str) -> String {
 
 /// An example settings file: every setting commented out at its default, with its help.
 pub fn example_toml() -> String {
-    let mut out = comment(
+    settings_file(
         "Host settings of the middleware engine (middleware-engine --config engine.toml). \
          Every key is optional: each is shown commented out at its default. MWE_* \
          environment variables override this file, and flags override both. Relative \
          paths are relative to this file; unknown keys are refused.",
-    );
+        &[],
+        &[],
+    )
+}
+
+/// Where the Debian package keeps the engine's state (the unit's `StateDirectory=`).
+pub const PACKAGED_DATA_DIR: &str = "/var/lib/middleware-engine";
+/// Where the Debian package's engine looks for plugins: owned by root, read-only to
+/// the service (packaging/README.md says why).
+pub const PACKAGED_PLUGINS_DIR: &str = "/usr/local/lib/middleware-engine/Plugins";
+
+/// The settings file the Debian package installs as /etc/middleware-engine/engine.toml
+/// (packaging/engine.toml; a test keeps them equal): the example with the install
+/// layout's folders set, and the files `tls init` makes suggested.
+pub fn packaged_toml() -> String {
+    let quoted = |path: &str| toml::Value::String(path.to_owned()).to_string();
+    let tls = |file: &str| quoted(&format!("{PACKAGED_DATA_DIR}/tls/{file}"));
+    settings_file(
+        "Host settings of the middleware engine service (systemctl restart \
+         middleware-engine after a change; `middleware-engine check-config` checks this \
+         file). Every other key is optional: each is shown commented out at its default. \
+         Secrets (admin_token, event_token) are best given as MWE_* variables in \
+         /etc/middleware-engine/environment (mode 0600), which the service reads; they and \
+         flags override this file. Unknown keys are refused.",
+        &[
+            ("plugins_dir", quoted(PACKAGED_PLUGINS_DIR)),
+            ("data_dir", quoted(PACKAGED_DATA_DIR)),
+        ],
+        &[
+            ("event_tls_cert", tls("server.crt")),
+            ("event_tls_key", tls("server.key")),
+            ("admin_tls_cert", tls("server.crt")),
+            ("admin_tls_key", tls("server.key")),
+        ],
+    )
+}
+
+/// A settings file: the `header`, then each setting with its help: set to the value
+/// given in `set`, else commented out at its default, else commented out at the value
+/// `suggest` gives.
+fn settings_file(header: &str, set: &[(&str, String)], suggest: &[(&str, String)]) -> String {
+    let find = |list: &[(&str, String)], key: &str| {
+        list.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+    };
+    let mut out = comment(header);
     for s in SETTINGS {
         out.push('\n');
         out.push_str(&comment(&format!("{}.", s.help)));
@@ -1312,7 +1432,9 @@ pub fn example_toml() -> String {
             s.flag,
             s.env
         )));
-        if let Some(value) = s.example_value() {
+        if let Some(value) = find(set, s.key) {
+            out.push_str(&format!("{} = {value}\n", s.key));
+        } else if let Some(value) = s.example_value().or_else(|| find(suggest, s.key)) {
             out.push_str(&format!("# {} = {value}\n", s.key));
         }
     }
@@ -1459,13 +1581,33 @@ mod tests {
     fn every_setting_can_be_set_by_its_flag_its_variable_and_its_file_key() {
         let defaults = HostSettings::resolve(&SettingsArgs::default()).expect("defaults");
         let dir = tempfile::tempdir().expect("tempdir");
+        // A TLS file is set with its partner (one alone is refused), the same way.
+        let partner = |key: &str| {
+            let other = match key.rsplit_once('_') {
+                Some((stem, "cert")) if stem.ends_with("_tls") => format!("{stem}_key"),
+                Some((stem, "key")) if stem.ends_with("_tls") => format!("{stem}_cert"),
+                _ => return None,
+            };
+            SETTINGS.iter().copied().find(|s| s.key == other)
+        };
         for setting in SETTINGS {
             let (text, toml_value) = sample(setting);
             let flag = format!("--{}", setting.flag);
-            let by_flag = parse(&[&flag, &text], &[]).expect("flag parses");
-            let by_env = parse(&[], &[(setting.env, &text)]).expect("variable parses");
+            let (mut flags, mut env, mut lines) = (
+                vec![flag, text.clone()],
+                vec![(setting.env, text.as_str())],
+                format!("{} = {toml_value}\n", setting.key),
+            );
+            if let Some(other) = partner(setting.key) {
+                flags.extend([format!("--{}", other.flag), "/srv/partner".into()]);
+                env.push((other.env, "/srv/partner"));
+                lines.push_str(&format!("{} = \"/srv/partner\"\n", other.key));
+            }
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let by_flag = parse(&flags, &[]).expect("flag parses");
+            let by_env = parse(&[], &env).expect("variable parses");
             let file = dir.path().join(format!("{}.toml", setting.key));
-            std::fs::write(&file, format!("{} = {toml_value}\n", setting.key)).expect("write");
+            std::fs::write(&file, lines).expect("write");
             let by_file = SettingsArgs {
                 config: Some(file),
                 ..SettingsArgs::default()
@@ -1662,6 +1804,75 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_settings_file_is_the_generated_one() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/engine.toml");
+        if std::env::var_os("MWE_WRITE_PACKAGED_TOML").is_some() {
+            std::fs::write(&path, packaged_toml()).expect("write packaging/engine.toml");
+        }
+        let shipped = std::fs::read_to_string(&path).expect("packaging/engine.toml");
+        assert!(
+            shipped == packaged_toml(),
+            "packaging/engine.toml differs from packaged_toml(); rewrite it with \
+             MWE_WRITE_PACKAGED_TOML=1 cargo test -p host packaged_settings"
+        );
+        let settings = HostSettings::resolve(&SettingsArgs {
+            config: Some(path),
+            ..SettingsArgs::default()
+        })
+        .expect("the packaged file is valid");
+        assert_eq!(settings.plugins_dir, PathBuf::from(PACKAGED_PLUGINS_DIR));
+        assert_eq!(settings.data_dir, PathBuf::from(PACKAGED_DATA_DIR));
+        assert_eq!(
+            settings.event_tls, None,
+            "plain HTTP until the admin sets a pair"
+        );
+        // Uncommenting the suggested pair gives HTTPS on both addresses.
+        let https: String = shipped
+            .lines()
+            .map(|line| {
+                let suggested = line.strip_prefix("# ").filter(|l| {
+                    l.split_once(" = ")
+                        .is_some_and(|(key, _)| key.contains("_tls_"))
+                });
+                format!("{}\n", suggested.unwrap_or(line))
+            })
+            .collect();
+        let args = SettingsArgs::from_toml_text(&https, Path::new("engine.toml"), Path::new("/"))
+            .expect("valid");
+        let settings = HostSettings::resolve(&args).expect("valid");
+        assert_eq!(
+            settings.event_tls.map(|t| t.key),
+            Some(PathBuf::from("/var/lib/middleware-engine/tls/server.key"))
+        );
+    }
+
+    #[test]
+    fn one_file_of_a_tls_pair_alone_is_refused() {
+        let args = SettingsArgs {
+            event_tls_cert: Some("server.crt".into()),
+            ..SettingsArgs::default()
+        };
+        let error = HostSettings::resolve(&args)
+            .expect_err("half a pair")
+            .to_string();
+        assert_eq!(
+            error,
+            "event_tls_cert is set but event_tls_key is not: set both for HTTPS, or neither for plain HTTP"
+        );
+        let args = SettingsArgs {
+            admin_tls_key: Some("server.key".into()),
+            ..SettingsArgs::default()
+        };
+        let error = HostSettings::resolve(&args)
+            .expect_err("half a pair")
+            .to_string();
+        assert!(
+            error.starts_with("admin_tls_key is set but admin_tls_cert is not"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn the_example_file_uncommented_gives_the_defaults() {
         let example = example_toml();
         let uncommented: String = example
@@ -1675,7 +1886,8 @@ mod tests {
                 format!("{}\n", setting.unwrap_or(line))
             })
             .collect();
-        for s in SETTINGS {
+        // Files with no default (the TLS pairs) have no line to uncomment.
+        for s in SETTINGS.iter().filter(|s| s.example_value().is_some()) {
             assert!(example.contains(&format!("# {} = ", s.key)), "{}", s.key);
             assert!(
                 uncommented.contains(&format!("\n{} = ", s.key)),

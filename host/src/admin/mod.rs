@@ -32,11 +32,17 @@ pub(crate) fn rfc3339(ms: i64) -> String {
 /// Largest request body the admin API takes.
 pub const BODY_LIMIT: usize = 256 * 1024;
 
-/// The admin router; `bound` is the address the admin page listens on.
-pub fn router(state: Arc<AdminState>, settings: &HostSettings, bound: SocketAddr) -> Router {
+/// The admin router; `bound` is the address the admin page listens on, and
+/// `scheme` is `https` when it serves TLS (the guard checks the Origin against it).
+pub fn router(
+    state: Arc<AdminState>,
+    settings: &HostSettings,
+    bound: SocketAddr,
+    scheme: &'static str,
+) -> Router {
     let guard = Arc::new(guard::Guard::new(
         bound,
-        "http",
+        scheme,
         &settings.admin_hostnames,
         settings.admin_token.clone(),
     ));

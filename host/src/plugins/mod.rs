@@ -1,5 +1,6 @@
 //! Plugins: finding and loading them ([`registry`]) and calling them safely ([`runner`]).
 
+pub mod install;
 pub mod registry;
 pub mod runner;
 

@@ -9,6 +9,16 @@ use plugin_api::loader::{self, LoadedPlugin};
 /// The file ending of a plugin library on this platform (`so`, `dll`, `dylib`).
 pub const LIBRARY_EXTENSION: &str = std::env::consts::DLL_EXTENSION;
 
+/// The ending of the folder `plugins install` keeps a replaced plugin in.
+pub const PREVIOUS_SUFFIX: &str = ".previous";
+
+/// Whether a scan skips this entry of the Plugins folder: the replaced version kept by
+/// `plugins install` (loading it would make a duplicate id) and hidden entries (its
+/// staging folder while it unpacks, editors' and archivers' leftovers).
+pub fn is_ignored(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(PREVIOUS_SUFFIX)
+}
+
 /// What became of one plugin library (or of a folder that holds none).
 #[derive(Debug, Clone)]
 pub enum Verdict {
@@ -68,6 +78,9 @@ impl Registry {
         let mut ids: HashMap<String, PathBuf> = HashMap::new();
         for child in children {
             let name = file_name(&child);
+            if is_ignored(&name) {
+                continue;
+            }
             // A broken link may have meant a plugin folder or a library: say so either way.
             if let Some(reason) = broken_link(&child) {
                 registry.push(name, None, Verdict::Failed(reason));
@@ -268,6 +281,19 @@ mod tests {
             ]
         );
         assert_eq!(registry.failed_count(), 2);
+    }
+
+    #[test]
+    fn previous_versions_and_hidden_folders_are_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let so = LIBRARY_EXTENSION;
+        for folder in ["p.previous", ".p.installing-42", ".hidden", "p"] {
+            std::fs::create_dir(dir.path().join(folder)).expect("mkdir");
+            std::fs::write(dir.path().join(folder).join(format!("libp.{so}")), "x").expect("write");
+        }
+        let registry = Registry::scan(dir.path());
+        let folders: Vec<&str> = registry.entries.iter().map(|e| e.folder.as_str()).collect();
+        assert_eq!(folders, vec!["p"]);
     }
 
     #[cfg(unix)]
