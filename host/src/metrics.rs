@@ -42,6 +42,10 @@ pub struct Metrics {
     call_buckets: [AtomicU64; BUCKETS.len()],
     call_count: AtomicU64,
     call_sum_micros: AtomicU64,
+    reconciliations_ok: AtomicU64,
+    reconciliations_failed: AtomicU64,
+    reconciled_sessions: AtomicU64,
+    backfilled_sessions: AtomicU64,
 }
 
 impl Metrics {
@@ -60,6 +64,24 @@ impl Metrics {
             &self.polls_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reconciled(&self, queued: Option<usize>) {
+        match queued {
+            Some(n) => {
+                self.reconciliations_ok.fetch_add(1, Ordering::Relaxed);
+                self.reconciled_sessions
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            None => {
+                self.reconciliations_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn backfilled(&self, queued: usize) {
+        self.backfilled_sessions
+            .fetch_add(queued as u64, Ordering::Relaxed);
     }
 
     pub fn plugin_call(&self, took: Duration) {
@@ -121,6 +143,36 @@ impl Metrics {
             out,
             "mwe_polls_total{{result=\"error\"}} {}",
             load(&self.polls_failed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mwe_reconciliations_total Reconciliation runs, by result."
+        );
+        let _ = writeln!(out, "# TYPE mwe_reconciliations_total counter");
+        let _ = writeln!(
+            out,
+            "mwe_reconciliations_total{{result=\"ok\"}} {}",
+            load(&self.reconciliations_ok)
+        );
+        let _ = writeln!(
+            out,
+            "mwe_reconciliations_total{{result=\"error\"}} {}",
+            load(&self.reconciliations_failed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mwe_sessions_queued_total Ended sessions queued because no event had brought them, by source."
+        );
+        let _ = writeln!(out, "# TYPE mwe_sessions_queued_total counter");
+        let _ = writeln!(
+            out,
+            "mwe_sessions_queued_total{{source=\"reconcile\"}} {}",
+            load(&self.reconciled_sessions)
+        );
+        let _ = writeln!(
+            out,
+            "mwe_sessions_queued_total{{source=\"backfill\"}} {}",
+            load(&self.backfilled_sessions)
         );
         let _ = writeln!(
             out,

@@ -12,7 +12,7 @@ use abi_stable::std_types::{RArc, RBox, ROption, RResult, RStr, RString};
 use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trait, StableAbi};
 
 pub(crate) use abi_stable::library::{LibraryError, RootModuleError};
-pub(crate) use abi_stable::sabi_trait::TD_Opaque;
+pub(crate) use abi_stable::sabi_trait::{TD_CanDowncast, TD_Opaque};
 pub(crate) use abi_stable::std_types::RBoxError;
 
 use crate::model::{ErrorKind, PluginError};
@@ -94,6 +94,16 @@ pub struct PluginModule {
     /// JSON `ActionRequest` + log sink for progress -> JSON `TestReport`.
     #[cfg(not(feature = "pre-actions-abi"))]
     pub run_action: extern "C" fn(request: RStr<'_>, log: LogSinkBox) -> FfiResult<RString>,
+    /// Added in 0.1.2 (plugins built before read back as `None`): a call on an open
+    /// instance by method name (`ended_sessions`, `handle_batch`), JSON in and out, so
+    /// that later instance calls need no change of layout. (The instance's own vtable
+    /// cannot grow: the host checks every library against the 0.1.0 layout of it.)
+    #[cfg(not(feature = "pre-actions-abi"))]
+    pub instance_call: extern "C" fn(
+        instance: &InstanceBox,
+        method: RStr<'_>,
+        payload: RStr<'_>,
+    ) -> FfiResult<RString>,
 }
 
 /// The root module as plugin-api 0.1.0 defined it. abi_stable lets a library's prefix

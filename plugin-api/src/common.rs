@@ -28,6 +28,7 @@ pub mod keys {
     pub const RETRY_ATTEMPT_LIMIT: &str = "retry_attempt_limit";
     pub const RETRY_OUTBOUND_EVENT_TYPES: &str = "retry_outbound_event_types";
     pub const RETRY_POLLING_EVENT_TYPES: &str = "retry_polling_event_types";
+    pub const RECONCILE_INTERVAL_MINUTES: &str = "reconcile_interval_minutes";
 }
 
 /// How to reach the appliance's APIs.
@@ -57,6 +58,9 @@ pub struct CommonSettings {
     pub retry_attempt_limit: u32,
     pub retry_outbound_event_types: Vec<String>,
     pub retry_polling_event_types: Vec<String>,
+    /// How often the host looks for ended sessions whose event never came; `None`
+    /// when off (0).
+    pub reconcile_interval: Option<Duration>,
 }
 
 impl CommonSettings {
@@ -101,6 +105,11 @@ impl CommonSettings {
                 .unwrap_or(0),
             retry_outbound_event_types: settings.list(keys::RETRY_OUTBOUND_EVENT_TYPES),
             retry_polling_event_types: settings.list(keys::RETRY_POLLING_EVENT_TYPES),
+            reconcile_interval: settings
+                .int(keys::RECONCILE_INTERVAL_MINUTES)
+                .and_then(|m| u64::try_from(m).ok())
+                .filter(|m| *m > 0)
+                .map(|m| Duration::from_secs(m * 60)),
         };
         if errors.is_empty() {
             Ok(common)
@@ -169,6 +178,9 @@ pub fn common_bt_settings(
             .help("Outbound events that are retried when processing fails."),
         multi(keys::RETRY_POLLING_EVENT_TYPES, "Retry Polling Event Types", &polling)
             .help("Polling events that are retried when processing fails."),
+        SettingDecl::integer(keys::RECONCILE_INTERVAL_MINUTES, "Reconciliation Interval (minutes)", Some(0), Some(10_080))
+            .default(60)
+            .help("How often the engine asks the appliance which sessions ended and imports those whose event never arrived (the appliance drops an event after its Retry Duration). 0 turns it off. Plugins that cannot list sessions ignore it."),
     ]
     .into_iter()
     .map(|s| s.section(crate::BT_SECTION))

@@ -13,12 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::abi::{
     FfiError, FfiResult, InstanceBox, InstanceFfi, InstanceFfi_TO, LogSinkBox, PluginModule,
-    PluginModuleRef, RBoxError, TD_Opaque,
+    PluginModuleRef, RBoxError, TD_CanDowncast,
 };
 use crate::manifest::Manifest;
 use crate::model::{
-    ErrorKind, Event, FieldError, LogLevel, Outcome, PluginError, PollRequest, PollResult,
-    Settings, TestReport,
+    EndedSessions, EndedSessionsRequest, ErrorKind, Event, FieldError, LogLevel, Outcome,
+    PluginError, PollRequest, PollResult, Settings, TestReport,
 };
 
 /// What a plugin implements. Every call may block: the host calls it from a worker
@@ -47,6 +47,29 @@ pub trait Plugin: Sized + Send + Sync + 'static {
         Err(PluginError::configuration(
             "this plugin does not support polling",
         ))
+    }
+
+    /// Whether [`Plugin::ended_sessions`] is implemented: the host reconciles and
+    /// backfills only the configurations of plugins that say so.
+    const LISTS_ENDED_SESSIONS: bool = false;
+
+    /// The sessions that ended in the request's window, found with one cheap call
+    /// (e.g. a session listing), never a call per session. Reconciliation and backfill
+    /// compare them with what the host already has.
+    fn ended_sessions(
+        &self,
+        _request: &EndedSessionsRequest,
+    ) -> Result<EndedSessions, PluginError> {
+        Err(PluginError::configuration(
+            "this plugin does not list ended sessions",
+        ))
+    }
+
+    /// Processes several events at once (a backfill, a reconciliation or a poll that
+    /// found many), e.g. in one bulk write: one result per event, in their order; a
+    /// failing event fails alone. The default handles them one by one.
+    fn handle_batch(&self, events: &[Event]) -> Vec<Result<Outcome, PluginError>> {
+        events.iter().map(|e| self.handle_event(e)).collect()
     }
 
     /// Runs one of the actions the manifest declares, on an instance opened for it.
@@ -243,6 +266,8 @@ pub fn root_module<P: Plugin>() -> Result<PluginModuleRef, RBoxError> {
         open: ffi_open::<P>,
         #[cfg(not(feature = "pre-actions-abi"))]
         run_action: ffi_run_action::<P>,
+        #[cfg(not(feature = "pre-actions-abi"))]
+        instance_call: ffi_instance_call::<P>,
     };
     Ok(module.leak_into_prefix())
 }
@@ -251,6 +276,7 @@ extern "C" fn ffi_manifest<P: Plugin>() -> FfiResult<RString> {
     ffi(contain("manifest", || {
         let mut manifest = P::manifest();
         manifest.plugin_api_version = crate::PLUGIN_API_VERSION.to_owned();
+        manifest.lists_ended_sessions = P::LISTS_ENDED_SESSIONS;
         to_json(&manifest)
     }))
 }
@@ -270,9 +296,10 @@ extern "C" fn ffi_open<P: Plugin>(request: RStr<'_>, log: LogSinkBox) -> FfiResu
             settings: request.settings,
             log: Logger(LoggerInner::Host(log)),
         })?;
+        // Downcastable, so that `instance_call` can find the plugin's own type again.
         Ok(InstanceFfi_TO::from_value(
             Contained(Some(plugin)),
-            TD_Opaque,
+            TD_CanDowncast,
         ))
     }))
 }
@@ -293,6 +320,97 @@ extern "C" fn ffi_run_action<P: Plugin>(request: RStr<'_>, log: LogSinkBox) -> F
         };
         to_json(&report)
     }))
+}
+
+/// Calls on an open instance added after 0.1.1, by name (see `abi::PluginModule`).
+#[cfg(not(feature = "pre-actions-abi"))]
+extern "C" fn ffi_instance_call<P: Plugin>(
+    instance: &InstanceBox,
+    method: RStr<'_>,
+    payload: RStr<'_>,
+) -> FfiResult<RString> {
+    let Ok(contained) = instance.obj.downcast_as::<Contained<P>>() else {
+        return ffi(Err(PluginError::permanent(
+            "the instance was not opened by this plugin",
+        )));
+    };
+    match method.as_str() {
+        methods::ENDED_SESSIONS => contained.call(methods::ENDED_SESSIONS, |p| {
+            let request: EndedSessionsRequest =
+                from_json("ended sessions request", payload.as_str())?;
+            p.ended_sessions(&request)
+        }),
+        methods::HANDLE_BATCH => contained.call(methods::HANDLE_BATCH, |p| {
+            let events: Vec<Event> = from_json("batch", payload.as_str())?;
+            let results = p.handle_batch(&events);
+            if results.len() != events.len() {
+                return Err(PluginError::permanent(format!(
+                    "the plugin answered {} results for a batch of {} events",
+                    results.len(),
+                    events.len()
+                )));
+            }
+            Ok(results
+                .into_iter()
+                .map(BatchResult::from)
+                .collect::<Vec<_>>())
+        }),
+        other => ffi(Err(PluginError::configuration(format!(
+            "this plugin has no instance call {other:?}; it was built against an older plugin-api"
+        )))),
+    }
+}
+
+/// The names `instance_call` takes.
+pub(crate) mod methods {
+    pub const ENDED_SESSIONS: &str = "ended_sessions";
+    pub const HANDLE_BATCH: &str = "handle_batch";
+}
+
+/// One event's result in a batch, as JSON.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub(crate) enum BatchResult {
+    Ok {
+        outcome: Outcome,
+    },
+    Err {
+        kind: ErrorKind,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl From<Result<Outcome, PluginError>> for BatchResult {
+    fn from(result: Result<Outcome, PluginError>) -> Self {
+        match result {
+            Ok(outcome) => Self::Ok { outcome },
+            Err(e) => Self::Err {
+                kind: e.kind,
+                message: e.message,
+                retry_after_ms: e
+                    .retry_after
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            },
+        }
+    }
+}
+
+impl From<BatchResult> for Result<Outcome, PluginError> {
+    fn from(result: BatchResult) -> Self {
+        match result {
+            BatchResult::Ok { outcome } => Ok(outcome),
+            BatchResult::Err {
+                kind,
+                message,
+                retry_after_ms,
+            } => Err(PluginError {
+                kind,
+                message,
+                retry_after: retry_after_ms.map(std::time::Duration::from_millis),
+            }),
+        }
+    }
 }
 
 /// An open instance whose every call, drop included, is panic-contained.

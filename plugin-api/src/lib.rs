@@ -25,8 +25,9 @@ pub use common::{
 pub use kit::{runtime, Logger, OpenContext, Plugin};
 pub use manifest::{ActionDecl, EventTypeDecl, Manifest, SettingDecl, SettingKind, BT_SECTION};
 pub use model::{
-    Check, ErrorKind, Event, EventSource, FieldError, LogLevel, Outcome, PluginError, PollRequest,
-    PollResult, PolledEvent, Settings, TestReport,
+    Check, EndedSession, EndedSessions, EndedSessionsRequest, ErrorKind, Event, EventSource,
+    FieldError, LogLevel, Outcome, PluginError, PollRequest, PollResult, PolledEvent, Settings,
+    TestReport,
 };
 /// Secrets held by plugins: no `Debug` or `Display` of the value, zeroized on drop.
 pub use secrecy::{ExposeSecret, SecretString};

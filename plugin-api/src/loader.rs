@@ -15,8 +15,8 @@ pub use crate::kit::LogFn;
 use crate::kit::{ActionRequest, OpenRequest, PANIC_PREFIX};
 use crate::manifest::Manifest;
 use crate::model::{
-    Event, FieldError, LogLevel, Outcome, PluginError, PollRequest, PollResult, Settings,
-    TestReport,
+    EndedSessions, EndedSessionsRequest, Event, FieldError, LogLevel, Outcome, PluginError,
+    PollRequest, PollResult, Settings, TestReport,
 };
 
 /// Why a plugin library did not load.
@@ -184,7 +184,11 @@ impl LoadedPlugin {
             settings: settings.clone(),
         })?;
         match (self.module.open())(RStr::from_str(&request), host_log_sink(log)) {
-            RResult::ROk(inner) => Ok(Instance { inner }),
+            RResult::ROk(inner) => Ok(Instance {
+                inner,
+                #[cfg(not(feature = "pre-actions-abi"))]
+                call: self.module.instance_call(),
+            }),
             RResult::RErr(e) => Err(e.into()),
         }
     }
@@ -240,7 +244,14 @@ impl LoadedPlugin {
 /// An open configuration inside a plugin. Calls block; dropping it closes it.
 pub struct Instance {
     inner: InstanceBox,
+    /// The library's `instance_call`; `None` for plugins built before 0.1.2.
+    #[cfg(not(feature = "pre-actions-abi"))]
+    call: Option<InstanceCall>,
 }
+
+#[cfg(not(feature = "pre-actions-abi"))]
+type InstanceCall =
+    extern "C" fn(&InstanceBox, RStr<'_>, RStr<'_>) -> crate::abi::FfiResult<RString>;
 
 impl Instance {
     pub fn test(&self) -> Result<TestReport, PluginError> {
@@ -255,6 +266,63 @@ impl Instance {
     pub fn poll(&self, request: &PollRequest) -> Result<PollResult, PluginError> {
         let json = encode(request)?;
         decode(&answer(self.inner.poll(RStr::from_str(&json)))?)
+    }
+
+    /// The sessions that ended in the window (for reconciliation and backfill).
+    pub fn ended_sessions(
+        &self,
+        request: &EndedSessionsRequest,
+    ) -> Result<EndedSessions, PluginError> {
+        let json = encode(request)?;
+        let answer = self.instance_call(crate::kit::methods::ENDED_SESSIONS, &json)?;
+        decode(&answer)
+    }
+
+    /// Several events at once: one result per event, in order. A plugin built before
+    /// 0.1.2 gets them one by one.
+    pub fn handle_batch(&self, events: &[Event]) -> Vec<Result<Outcome, PluginError>> {
+        if !self.has_instance_call() {
+            return events.iter().map(|e| self.handle_event(e)).collect();
+        }
+        let answer = encode(&events)
+            .and_then(|json| self.instance_call(crate::kit::methods::HANDLE_BATCH, &json))
+            .and_then(|answer| decode::<Vec<crate::kit::BatchResult>>(&answer));
+        match answer {
+            Ok(results) if results.len() == events.len() => {
+                results.into_iter().map(Into::into).collect()
+            }
+            Ok(results) => {
+                let e = PluginError::permanent(format!(
+                    "the plugin answered {} results for a batch of {} events",
+                    results.len(),
+                    events.len()
+                ));
+                events.iter().map(|_| Err(e.clone())).collect()
+            }
+            // The whole call failed (throttled, a panic, ...): each event shares it.
+            Err(e) => events.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    fn has_instance_call(&self) -> bool {
+        #[cfg(not(feature = "pre-actions-abi"))]
+        return self.call.is_some();
+        #[cfg(feature = "pre-actions-abi")]
+        return false;
+    }
+
+    fn instance_call(&self, method: &str, payload: &str) -> Result<String, PluginError> {
+        #[cfg(not(feature = "pre-actions-abi"))]
+        if let Some(call) = self.call {
+            return answer(call(
+                &self.inner,
+                RStr::from_str(method),
+                RStr::from_str(payload),
+            ));
+        }
+        Err(PluginError::configuration(format!(
+            "the plugin was built against a plugin-api older than 0.1.2: it has no {method:?}; rebuild it"
+        )))
     }
 }
 

@@ -32,6 +32,11 @@ pub struct Manifest {
     /// Operations an admin can run on a configuration (e.g. provisioning).
     #[serde(default)]
     pub actions: Vec<ActionDecl>,
+    /// Whether the plugin lists ended sessions (`Plugin::ended_sessions`), which
+    /// reconciliation and backfill need. Filled in by the kit from
+    /// `Plugin::LISTS_ENDED_SESSIONS`.
+    #[serde(default)]
+    pub lists_ended_sessions: bool,
 }
 
 /// An action a plugin offers on each of its configurations.
@@ -81,6 +86,7 @@ impl Manifest {
             polling_event_types,
             plugin_api_version: crate::PLUGIN_API_VERSION.to_owned(),
             actions: Vec::new(),
+            lists_ended_sessions: false,
         }
     }
 

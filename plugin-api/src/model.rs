@@ -74,6 +74,11 @@ pub enum EventSource {
     Outbound,
     /// Found by the plugin when the host asked it to poll.
     Polling,
+    /// Queued by the host's reconciliation: the session ended on the appliance but its
+    /// event never reached this configuration.
+    Reconcile,
+    /// Imported on demand, for a date range an admin asked for.
+    Backfill,
 }
 
 /// One appliance event as handed to a plugin.
@@ -140,6 +145,27 @@ pub struct PolledEvent {
     pub lsid: Option<String>,
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
+}
+
+/// What the host asks for reconciliation and backfill: the sessions that ended at or
+/// after `since` and before `until` (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedSessionsRequest {
+    pub since: i64,
+    pub until: i64,
+}
+
+/// The sessions that ended in a window, as one cheap listing call finds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedSessions {
+    pub sessions: Vec<EndedSession>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedSession {
+    pub lsid: String,
+    /// Unix seconds when the session ended.
+    pub ended_at: i64,
 }
 
 /// The result of a configuration's test: one check per piece an admin can fix.

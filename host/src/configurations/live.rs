@@ -173,6 +173,28 @@ impl Live {
         targets
     }
 
+    /// Every enabled configuration that reconciles: an interval set, and a plugin
+    /// that lists ended sessions.
+    pub async fn reconcilers(&self) -> Vec<Target> {
+        let ids: Vec<i64> = self
+            .slots
+            .read()
+            .await
+            .iter()
+            .filter(|(_, s)| !s.disabled && s.policy.reconcile_interval.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut targets = Vec::new();
+        for id in ids {
+            if let Some(t) = self.target(id).await {
+                if t.runner.as_ref().is_some_and(|r| r.lists_ended_sessions()) {
+                    targets.push(t);
+                }
+            }
+        }
+        targets
+    }
+
     pub async fn remove(&self, id: i64) {
         self.slots.write().await.remove(&id);
     }

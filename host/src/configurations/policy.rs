@@ -14,6 +14,8 @@ pub struct EventPolicy {
     pub retry_attempt_limit: u32,
     pub retry_outbound_event_types: Vec<String>,
     pub retry_polling_event_types: Vec<String>,
+    /// How often to reconcile (the plugin must list ended sessions too).
+    pub reconcile_interval: Option<Duration>,
 }
 
 impl From<&CommonSettings> for EventPolicy {
@@ -26,6 +28,7 @@ impl From<&CommonSettings> for EventPolicy {
             retry_attempt_limit: common.retry_attempt_limit,
             retry_outbound_event_types: common.retry_outbound_event_types.clone(),
             retry_polling_event_types: common.retry_polling_event_types.clone(),
+            reconcile_interval: common.reconcile_interval,
         }
     }
 }
@@ -49,6 +52,7 @@ impl EventPolicy {
             retry_attempt_limit: 0,
             retry_outbound_event_types: Vec::new(),
             retry_polling_event_types: Vec::new(),
+            reconcile_interval: None,
         }
     }
 
@@ -61,7 +65,10 @@ impl EventPolicy {
     /// Whether a failed event of this type and source may be retried at all.
     pub fn retries(&self, source: EventSource, event_type: &str) -> bool {
         let list = match source {
-            EventSource::Outbound => &self.retry_outbound_event_types,
+            // Reconciled and backfilled session ends stand in for outbound events.
+            EventSource::Outbound | EventSource::Reconcile | EventSource::Backfill => {
+                &self.retry_outbound_event_types
+            }
             EventSource::Polling => &self.retry_polling_event_types,
         };
         self.retry_attempt_limit > 0 && list.iter().any(|t| t == event_type)

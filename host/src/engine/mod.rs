@@ -3,6 +3,7 @@
 //! configuration's retry policy, pauses a throttled configuration's queue, polls
 //! appliances, and prunes old history.
 
+pub mod bulk;
 mod polling;
 pub mod retry;
 mod wakeup;
@@ -32,6 +33,8 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// The pause between two prune steps, which leaves the database to intake.
 const PRUNE_PAUSE: Duration = Duration::from_millis(20);
+/// Reconciled and backfilled events go to the plugin this many at a time.
+const BULK_BATCH: usize = 20;
 
 pub struct Engine {
     store: Store,
@@ -45,6 +48,8 @@ pub struct Engine {
     in_flight: AtomicUsize,
     idle: Notify,
     stopping: AtomicBool,
+    /// Wakes the backfill loop when a backfill starts.
+    bulk_wakeup: Notify,
 }
 
 #[derive(Default)]
@@ -82,6 +87,7 @@ impl Engine {
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             stopping: AtomicBool::new(false),
+            bulk_wakeup: Notify::new(),
         })
     }
 
@@ -118,6 +124,8 @@ impl Engine {
         tokio::spawn(Arc::clone(self).dispatch_loop());
         tokio::spawn(Arc::clone(self).poll_loop());
         tokio::spawn(Arc::clone(self).prune_loop());
+        tokio::spawn(Arc::clone(self).reconcile_loop());
+        tokio::spawn(Arc::clone(self).backfill_loop());
         Ok(())
     }
 
@@ -173,33 +181,23 @@ impl Engine {
             .store
             .read(move |conn| events::due(conn, now, DUE_BATCH))
             .await?;
+        // Live events come first (`due` orders them so); bulk ones (reconciled,
+        // backfilled) are gathered per configuration into batches.
+        let mut batches: HashMap<i64, Vec<i64>> = HashMap::new();
         for job in due {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
             }
-            let Some(target) = self
-                .configurations
-                .live()
-                .target(job.configuration_id)
-                .await
-            else {
-                continue; // disabled: its jobs wait until it is enabled again
-            };
-            {
-                let mut state = self.lock();
-                if state
-                    .paused_until
-                    .get(&job.configuration_id)
-                    .is_some_and(|until| *until > now)
-                {
-                    continue;
+            if job.bulk {
+                let batch = batches.entry(job.configuration_id).or_default();
+                if batch.len() < BULK_BATCH {
+                    batch.push(job.job_id);
                 }
-                let running = state.running.entry(job.configuration_id).or_default();
-                if *running >= self.concurrency {
-                    continue;
-                }
-                *running += 1;
+                continue;
             }
+            let Some(target) = self.slot_for(job.configuration_id, now, false).await else {
+                continue;
+            };
             let claimed = self
                 .store
                 .call(move |conn| events::claim(conn, job.job_id, now_ms()))
@@ -211,6 +209,36 @@ impl Engine {
                 }
                 other => {
                     self.release(job.configuration_id);
+                    other?;
+                }
+            }
+        }
+        for (configuration_id, job_ids) in batches {
+            if self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            let Some(target) = self.slot_for(configuration_id, now, true).await else {
+                continue;
+            };
+            let claimed = self
+                .store
+                .call(move |conn| {
+                    let mut claimed = Vec::with_capacity(job_ids.len());
+                    for id in job_ids {
+                        if let Some(job) = events::claim(conn, id, now_ms())? {
+                            claimed.push(job);
+                        }
+                    }
+                    Ok(claimed)
+                })
+                .await;
+            match claimed {
+                Ok(claimed) if !claimed.is_empty() => {
+                    self.in_flight.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(Arc::clone(self).run_batch(target, claimed));
+                }
+                other => {
+                    self.release(configuration_id);
                     other?;
                 }
             }
@@ -233,6 +261,38 @@ impl Engine {
         })
     }
 
+    /// Takes one of the configuration's call slots, when it is enabled, not paused
+    /// and not at its concurrency. Bulk work never takes the last slot (when there is
+    /// more than one), so live events are never starved by a backfill.
+    async fn slot_for(
+        &self,
+        configuration_id: i64,
+        now: i64,
+        bulk: bool,
+    ) -> Option<crate::configurations::Target> {
+        // Disabled: its jobs wait until it is enabled again.
+        let target = self.configurations.live().target(configuration_id).await?;
+        let mut state = self.lock();
+        if state
+            .paused_until
+            .get(&configuration_id)
+            .is_some_and(|until| *until > now)
+        {
+            return None;
+        }
+        let limit = if bulk && self.concurrency > 1 {
+            self.concurrency - 1
+        } else {
+            self.concurrency
+        };
+        let running = state.running.entry(configuration_id).or_default();
+        if *running >= limit {
+            return None;
+        }
+        *running += 1;
+        Some(target)
+    }
+
     fn release(&self, configuration_id: i64) {
         let mut state = self.lock();
         if let Some(running) = state.running.get_mut(&configuration_id) {
@@ -241,30 +301,50 @@ impl Engine {
     }
 
     async fn run(self: Arc<Self>, target: crate::configurations::Target, job: Claimed) {
-        let source = job.source.to_plugin();
-        let event = Event {
-            id: job.event_id,
-            source,
-            event_type: job.event_type.clone(),
-            appliance_id: job.appliance_id.clone(),
-            timestamp: job.timestamp,
-            lsid: job.lsid.clone(),
-            fields: job.fields.clone(),
-            attempt: job.attempt,
-        };
+        let event = plugin_event(&job);
         let started = Instant::now();
         let result = match &target.runner {
             Some(runner) => runner.handle_event(event).await,
-            None => Err(PluginError::new(
-                ErrorKind::Configuration,
-                format!(
-                    "the configuration {:?} is not running: {}",
-                    target.name,
-                    describe(&target.status)
-                ),
-            )),
+            None => Err(not_running(&target)),
         };
         self.metrics.plugin_call(started.elapsed());
+        self.settle(&target, job, result).await;
+        self.done(target.id);
+    }
+
+    /// Runs bulk jobs of one configuration in one plugin call; each job's result is
+    /// settled on its own, as if it had run alone.
+    async fn run_batch(self: Arc<Self>, target: crate::configurations::Target, jobs: Vec<Claimed>) {
+        let events: Vec<Event> = jobs.iter().map(plugin_event).collect();
+        let started = Instant::now();
+        let results = match &target.runner {
+            Some(runner) => runner.handle_batch(events).await,
+            None => jobs.iter().map(|_| Err(not_running(&target))).collect(),
+        };
+        self.metrics.plugin_call(started.elapsed());
+        for (job, result) in jobs.into_iter().zip(results) {
+            self.settle(&target, job, result).await;
+        }
+        self.done(target.id);
+    }
+
+    /// One call finished: its slot is free, and the dispatcher looks again.
+    fn done(&self, configuration_id: i64) {
+        self.release(configuration_id);
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+        self.wake();
+    }
+
+    /// Applies the retry policy to one job's result and records it.
+    async fn settle(
+        &self,
+        target: &crate::configurations::Target,
+        job: Claimed,
+        result: Result<plugin_api::Outcome, PluginError>,
+    ) {
+        let source = job.source.to_plugin();
         let attempt = retry::Attempt {
             source,
             event_type: &job.event_type,
@@ -301,20 +381,14 @@ impl Engine {
                 attempt = job.attempt, %state, "{}: {}", error.kind, error.message
             ),
         }
-        let finish = verdict;
         let saved = self
             .store
-            .call(move |conn| events::finish(conn, &job, &finish, now_ms()))
+            .call(move |conn| events::finish(conn, &job, &verdict, now_ms()))
             .await;
         if let Err(e) = saved {
             // The job stays 'running' in the store and runs again at the next start.
             tracing::error!(configuration = %target.name, "cannot record the job's outcome: {e}");
         }
-        self.release(target.id);
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.idle.notify_waiters();
-        }
-        self.wake();
     }
 
     /// Removes finished history past the retention, in small steps with a pause
@@ -352,6 +426,31 @@ impl Engine {
             tokio::time::sleep(PRUNE_EVERY).await;
         }
     }
+}
+
+/// The event as the plugin gets it.
+fn plugin_event(job: &Claimed) -> Event {
+    Event {
+        id: job.event_id,
+        source: job.source.to_plugin(),
+        event_type: job.event_type.clone(),
+        appliance_id: job.appliance_id.clone(),
+        timestamp: job.timestamp,
+        lsid: job.lsid.clone(),
+        fields: job.fields.clone(),
+        attempt: job.attempt,
+    }
+}
+
+fn not_running(target: &crate::configurations::Target) -> PluginError {
+    PluginError::new(
+        ErrorKind::Configuration,
+        format!(
+            "the configuration {:?} is not running: {}",
+            target.name,
+            describe(&target.status)
+        ),
+    )
 }
 
 fn describe(status: &crate::configurations::Status) -> String {

@@ -92,7 +92,9 @@ pub fn decide(
             "not retried: {} is not among this configuration's retried {} event types",
             attempt.event_type,
             match attempt.source {
-                EventSource::Outbound => "outbound",
+                EventSource::Outbound | EventSource::Reconcile | EventSource::Backfill => {
+                    "outbound"
+                }
                 EventSource::Polling => "polling",
             }
         ))
@@ -140,6 +142,7 @@ mod tests {
             retry_attempt_limit: limit,
             retry_outbound_event_types: vec![END.into()],
             retry_polling_event_types: vec![],
+            reconcile_interval: None,
         }
     }
 

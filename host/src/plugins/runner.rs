@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use plugin_api::loader::{Instance, LoadedPlugin, LogFn};
 use plugin_api::{
-    ErrorKind, Event, LogLevel, Outcome, PluginError, PollRequest, PollResult, Settings, TestReport,
+    EndedSessions, EndedSessionsRequest, ErrorKind, Event, LogLevel, Outcome, PluginError,
+    PollRequest, PollResult, Settings, TestReport,
 };
 use tokio::sync::Semaphore;
 
@@ -28,6 +29,8 @@ pub struct PluginRunner {
     instance: Arc<Instance>,
     permits: Arc<Semaphore>,
     limits: CallLimits,
+    /// The plugin lists ended sessions (reconciliation and backfill need it).
+    lists_ended_sessions: bool,
 }
 
 impl PluginRunner {
@@ -39,6 +42,7 @@ impl PluginRunner {
         settings: &Settings,
         limits: CallLimits,
     ) -> Result<Self, PluginError> {
+        let lists_ended_sessions = plugin.manifest.lists_ended_sessions;
         let plugin = plugin.clone();
         let name = configuration_name.to_owned();
         let settings = settings.clone();
@@ -49,7 +53,36 @@ impl PluginRunner {
             instance: Arc::new(instance),
             permits: Arc::new(Semaphore::new(limits.concurrency.max(1))),
             limits,
+            lists_ended_sessions,
         })
+    }
+
+    pub fn lists_ended_sessions(&self) -> bool {
+        self.lists_ended_sessions
+    }
+
+    pub async fn ended_sessions(
+        &self,
+        request: EndedSessionsRequest,
+    ) -> Result<EndedSessions, PluginError> {
+        self.call(move |i| i.ended_sessions(&request)).await
+    }
+
+    /// Several events in one call; one result per event. The call's time limit grows
+    /// with the batch (each event gets the limit of one call).
+    pub async fn handle_batch(&self, events: Vec<Event>) -> Vec<Result<Outcome, PluginError>> {
+        let count = events.len();
+        let timeout = self
+            .limits
+            .timeout
+            .saturating_mul(u32::try_from(count.max(1)).unwrap_or(u32::MAX));
+        let answer = self
+            .call_within(timeout, move |i| Ok(i.handle_batch(&events)))
+            .await;
+        match answer {
+            Ok(results) => results,
+            Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
+        }
     }
 
     pub async fn test(&self) -> Result<TestReport, PluginError> {
@@ -68,12 +101,20 @@ impl PluginRunner {
         &self,
         f: impl FnOnce(&Instance) -> Result<T, PluginError> + Send + 'static,
     ) -> Result<T, PluginError> {
+        self.call_within(self.limits.timeout, f).await
+    }
+
+    async fn call_within<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&Instance) -> Result<T, PluginError> + Send + 'static,
+    ) -> Result<T, PluginError> {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
             .map_err(|_| PluginError::retryable("the configuration is closing"))?;
         let instance = Arc::clone(&self.instance);
-        run_blocking(self.limits.timeout, move || {
+        run_blocking(timeout, move || {
             let _permit = permit;
             f(&instance)
         })

@@ -55,7 +55,7 @@ pub enum Stored {
     Duplicate { event_id: i64 },
 }
 
-fn insert_one(
+pub(super) fn insert_one(
     tx: &Transaction<'_>,
     event: &NewEvent,
     routing: &Routing,
@@ -88,6 +88,14 @@ fn insert_one(
     // no job: the delete and this insert are serialised, so its jobs are either
     // failed by the delete or never written.
     let mut exists = tx.prepare_cached("SELECT 1 FROM configurations WHERE id = ?1")?;
+    // Every session end a configuration takes is remembered (see `bulk`).
+    let session_end = event
+        .lsid
+        .as_deref()
+        .filter(|_| event.event_type == super::bulk::SESSION_END);
+    let mut remember = tx.prepare_cached(
+        "INSERT OR IGNORE INTO session_ends (configuration_id, lsid) VALUES (?1, ?2)",
+    )?;
     let mut jobs = 0;
     let mut deleted = Vec::new();
     if let Routing::To(targets) = routing {
@@ -105,6 +113,9 @@ fn insert_one(
                     None::<String>
                 ])?;
                 jobs += 1;
+                if let Some(lsid) = session_end {
+                    remember.execute(params![id, lsid])?;
+                }
             } else {
                 deleted.push(name.as_str());
             }
@@ -209,23 +220,26 @@ pub fn poll_failed(
 pub struct Due {
     pub job_id: i64,
     pub configuration_id: i64,
+    /// Reconciled or backfilled: may go to the plugin in a batch, after live events.
+    pub bulk: bool,
 }
 
 pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<Due>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT j.id, j.configuration_id FROM jobs j
+        "SELECT j.id, j.configuration_id, j.source IN ('reconcile', 'backfill') AS bulk FROM jobs j
          WHERE j.state IN {WAITING_SQL} AND j.next_attempt_at <= ?1 AND j.configuration_id IS NOT NULL
            AND (j.lsid IS NULL OR NOT EXISTS (
                 SELECT 1 FROM jobs k
                 WHERE k.configuration_id = j.configuration_id AND k.lsid = j.lsid AND k.id < j.id
                   AND k.state IN {UNFINISHED_SQL}))
-         ORDER BY j.id LIMIT ?2"
+         ORDER BY bulk, j.id LIMIT ?2"
     ))?;
     let rows = stmt
         .query_map(params![now, limit as i64], |r| {
             Ok(Due {
                 job_id: r.get(0)?,
                 configuration_id: r.get(1)?,
+                bulk: r.get(2)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -463,6 +477,7 @@ pub fn delete_configuration(
         "DELETE FROM poll_cursors WHERE configuration_id = ?1",
         [configuration_id],
     )?;
+    super::bulk::forget_configuration(&tx, configuration_id, now)?;
     tx.commit()?;
     Ok(failed)
 }

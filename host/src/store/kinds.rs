@@ -112,6 +112,10 @@ stored_enum! {
         Outbound => "outbound",
         /// Found by polling the appliance.
         Polling => "polling",
+        /// Queued by reconciliation: the session ended but its event never came.
+        Reconcile => "reconcile",
+        /// Imported by a backfill of a date range.
+        Backfill => "backfill",
     }
 }
 
@@ -121,6 +125,8 @@ impl Source {
         match self {
             Self::Outbound => plugin_api::EventSource::Outbound,
             Self::Polling => plugin_api::EventSource::Polling,
+            Self::Reconcile => plugin_api::EventSource::Reconcile,
+            Self::Backfill => plugin_api::EventSource::Backfill,
         }
     }
 }

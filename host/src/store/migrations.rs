@@ -106,6 +106,47 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX jobs_state_history ON jobs (state, id);
     CREATE INDEX jobs_lsid_history ON jobs (lsid, id);
     CREATE INDEX jobs_received ON jobs (received_at);",
+    // 6: reconciliation and backfill. `session_ends` remembers every session end a
+    // configuration took, past the retention of its jobs, so that neither imports a
+    // session twice; it starts from the jobs kept so far.
+    "CREATE TABLE session_ends (
+        configuration_id INTEGER NOT NULL,
+        lsid             TEXT NOT NULL,
+        PRIMARY KEY (configuration_id, lsid)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO session_ends (configuration_id, lsid)
+        SELECT configuration_id, lsid FROM jobs
+        WHERE event_type = 'support_conference_end' AND lsid IS NOT NULL
+          AND configuration_id IS NOT NULL;
+    CREATE TABLE reconcile_state (
+        configuration_id INTEGER PRIMARY KEY,
+        covered_until    INTEGER NOT NULL, -- Unix s: sessions that ended before it were looked at
+        last_run_at      INTEGER NOT NULL, -- ms; the next run is one interval later
+        last_found       INTEGER NOT NULL DEFAULT 0,
+        last_queued      INTEGER NOT NULL DEFAULT 0,
+        last_error       TEXT
+    );
+    CREATE TABLE backfills (
+        id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+        configuration_id   INTEGER NOT NULL,
+        configuration_name TEXT NOT NULL,
+        since              INTEGER NOT NULL, -- Unix s, included
+        until              INTEGER NOT NULL, -- Unix s, excluded
+        next_from          INTEGER NOT NULL, -- Unix s: where the next listing starts
+        state              TEXT NOT NULL,    -- running done failed cancelled
+        found              INTEGER NOT NULL DEFAULT 0,
+        already_imported   INTEGER NOT NULL DEFAULT 0,
+        imported           INTEGER,          -- the counts of its jobs, kept when it ends
+        skipped            INTEGER,
+        failed             INTEGER,
+        error              TEXT,
+        created_at         INTEGER NOT NULL, -- ms
+        updated_at         INTEGER NOT NULL,
+        finished_at        INTEGER
+    );
+    CREATE INDEX backfills_configuration ON backfills (configuration_id, id);
+    ALTER TABLE jobs ADD COLUMN backfill_id INTEGER;
+    CREATE INDEX jobs_backfill ON jobs (backfill_id, state) WHERE backfill_id IS NOT NULL;",
 ];
 
 pub(super) fn apply(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

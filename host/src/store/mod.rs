@@ -4,6 +4,7 @@
 //! One connection serves every write, on blocking threads; SQLite serialises writers
 //! anyway, and a single connection keeps each transaction's view simple.
 
+pub mod bulk;
 mod configurations;
 pub mod events;
 mod kinds;
