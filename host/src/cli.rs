@@ -46,6 +46,20 @@ enum Command {
     /// Check the settings, the TLS files and the plugins, as `nginx -t` does; exits 1 on
     /// any problem.
     CheckConfig,
+    /// Import the sessions that ended in a range and were never imported, through the
+    /// running engine (its admin API); shows the progress. Exits 0 when done, 1 when
+    /// the backfill failed or was cancelled, 2 on bad input.
+    Backfill {
+        /// The configuration's name
+        configuration: String,
+        /// Sessions that ended at or after DATE: RFC 3339 (2026-11-01T00:00:00Z or with
+        /// an offset), YYYY-MM-DD (midnight UTC) or Unix seconds
+        #[arg(long, value_name = "DATE", value_parser = crate::admin::parse_time)]
+        since: i64,
+        /// ... and before DATE (default: now), in the same forms
+        #[arg(long, value_name = "DATE", value_parser = crate::admin::parse_time)]
+        until: Option<i64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +127,11 @@ pub fn main() -> ExitCode {
             configuration,
             action,
         } => run_action(&settings, &configuration, &action),
+        Command::Backfill {
+            configuration,
+            since,
+            until,
+        } => crate::backfill_cli::run(&settings, &configuration, since, until),
     }
 }
 

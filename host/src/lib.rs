@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backfill_cli;
 pub mod cli;
 pub mod configurations;
 pub mod engine;

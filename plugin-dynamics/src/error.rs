@@ -27,12 +27,19 @@ pub enum Error {
 
 impl From<Error> for PluginError {
     fn from(e: Error) -> Self {
+        Self::from(&e)
+    }
+}
+
+/// By reference too: in a batch one failed call is the error of every event it served.
+impl From<&Error> for PluginError {
+    fn from(e: &Error) -> Self {
         match e {
             Error::Setup(e) => e.into(),
             Error::Appliance(e) => e.into(),
             Error::Dynamics(e) => e.into(),
-            Error::NotYet(m) => PluginError::retryable(m),
-            Error::Definition(m) => PluginError::permanent(m),
+            Error::NotYet(m) => PluginError::retryable(m.clone()),
+            Error::Definition(m) => PluginError::permanent(m.clone()),
         }
     }
 }

@@ -48,6 +48,12 @@ pub enum SetupError {
 
 impl From<SetupError> for PluginError {
     fn from(e: SetupError) -> Self {
+        Self::from(&e)
+    }
+}
+
+impl From<&SetupError> for PluginError {
+    fn from(e: &SetupError) -> Self {
         PluginError::configuration(e.to_string())
     }
 }

@@ -3,6 +3,7 @@
 //! number is the session's external key. See `docs/dynamics-schema.md`.
 
 pub mod appliance;
+pub mod bulk;
 mod checks;
 pub mod dynamics;
 pub mod error;
@@ -16,8 +17,8 @@ pub mod sync;
 use std::time::Duration;
 
 use plugin_api::{
-    kit::block_on, Event, FieldError, Logger, Manifest, OpenContext, Outcome, Plugin, PluginError,
-    PollRequest, PollResult, Settings, TestReport,
+    kit::block_on, EndedSessions, EndedSessionsRequest, Event, FieldError, Logger, Manifest,
+    OpenContext, Outcome, Plugin, PluginError, PollRequest, PollResult, Settings, TestReport,
 };
 
 /// Time limit of one call to the appliance or Dataverse while handling events.
@@ -72,6 +73,25 @@ impl Plugin for Dynamics365 {
 
     fn poll(&self, request: &PollRequest) -> Result<PollResult, PluginError> {
         Ok(block_on(self.sync.poll(request))??)
+    }
+
+    const LISTS_ENDED_SESSIONS: bool = true;
+
+    /// One `SupportSessionListing` call per window.
+    fn ended_sessions(&self, request: &EndedSessionsRequest) -> Result<EndedSessions, PluginError> {
+        Ok(block_on(self.sync.ended_sessions(request))??)
+    }
+
+    /// Reports, surveys and case lookups fetched for the whole batch, the writes in
+    /// Dataverse `$batch`es (see `bulk`).
+    fn handle_batch(&self, events: &[Event]) -> Vec<Result<Outcome, PluginError>> {
+        match block_on(self.sync.handle_batch(events)) {
+            Ok(verdicts) => verdicts
+                .into_iter()
+                .map(|v| v.map_err(|e| PluginError::from(&*e)))
+                .collect(),
+            Err(e) => events.iter().map(|_| Err(e.clone())).collect(),
+        }
     }
 
     fn run_action(&self, action: &str, progress: &Logger) -> Result<TestReport, PluginError> {

@@ -76,6 +76,7 @@ async fn plugins_endpoint_lists_loaded_and_failed_plugins_with_their_settings() 
             "retry_attempt_limit",
             "retry_outbound_event_types",
             "retry_polling_event_types",
+            "reconcile_interval_minutes",
             "output_file",
             "skip_without_lsid",
             "poll_source_file",

@@ -352,3 +352,131 @@ async fn an_admin_manages_a_dynamics_configuration_in_the_page() {
     assert!(env.dataverse.row(&lsid).is_some());
     client.close().await.expect("close");
 }
+
+/// Sets a `datetime-local` picker to Unix seconds `at`, in the browser's local time, as
+/// picking it does (the picker's segments take no typed ISO text).
+async fn pick_time(client: &Client, css: &str, at: i64) {
+    let script = r#"
+const input = document.querySelector(arguments[0]);
+const d = new Date(arguments[1] * 1000);
+const p = (n) => String(n).padStart(2, "0");
+input.value = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
+input.dispatchEvent(new Event("input", { bubbles: true }));
+input.dispatchEvent(new Event("change", { bubbles: true }));
+return input.value;
+"#;
+    let value = client
+        .execute(script, vec![json!(css), json!(at)])
+        .await
+        .expect("set the picker");
+    assert!(
+        value.as_str().is_some_and(|v| v.len() == 16),
+        "{css}: {value}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_backfills_a_range_and_watches_it_finish() {
+    let bulk = crate::bulk::start("sleep:100").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let sessions: Vec<(String, i64)> = (0..8)
+        .map(|i| (format!("page{i}"), now - 7_200 + i * 60))
+        .collect();
+    let refs: Vec<(&str, i64)> = sessions.iter().map(|(l, t)| (l.as_str(), *t)).collect();
+    crate::bulk::write_sessions(&bulk.sessions, &refs);
+    let profile = tempfile::tempdir().expect("profile");
+    let (_driver, client) = browser(profile.path()).await;
+    client
+        .goto(&format!("{}/", bulk.host.admin))
+        .await
+        .expect("page");
+    click(
+        &client,
+        "tr[data-config-name='Bulk'] [data-action=backfill]",
+    )
+    .await;
+    find(&client, "#backfill-dialog[open]").await;
+    text_of(&client, "#backfill-title", "Bulk").await;
+    text_of(&client, "#reconcile-text", "60 min").await;
+    text_of(&client, "label[for=backfill-since]", "Sessions ended from").await;
+    text_of(&client, "label[for=backfill-until]", "until (empty: now)").await;
+
+    // A range the wrong way round: the engine's reason shows in the page.
+    pick_time(&client, "#backfill-since", now - 3_600).await;
+    pick_time(&client, "#backfill-until", now - 10_800).await;
+    click(&client, "#backfill-start").await;
+    text_of(
+        &client,
+        "#backfill-error",
+        "the range is empty: since must be before until",
+    )
+    .await;
+
+    // The two hours of sessions (the pickers are to the minute).
+    pick_time(&client, "#backfill-since", now - 10_800).await;
+    pick_time(&client, "#backfill-until", now + 60).await;
+    click(&client, "#backfill-start").await;
+    let item = "#backfill-list[role=status][aria-live=polite] article[data-backfill-id]";
+    find(&client, &format!("{item} progress")).await;
+    screenshot(&client, "8-backfill-running").await;
+    let done = text_of(&client, item, "Done").await;
+    assert!(
+        done.contains("Found\n8") || done.contains("Found 8"),
+        "{done}"
+    );
+    text_of(&client, &format!("{item} [data-count=imported] dd"), "8").await;
+    text_of(
+        &client,
+        &format!("{item} [data-count=already_imported] dd"),
+        "0",
+    )
+    .await;
+    gone(&client, &format!("{item} [data-action=cancel-backfill]")).await;
+    let bar = find(&client, &format!("{item} progress")).await;
+    let full = (
+        bar.attr("value").await.expect("value"),
+        bar.attr("max").await.expect("max"),
+    );
+    assert_eq!(full, (Some("8".to_owned()), Some("8".to_owned())));
+    assert!(
+        find(&client, "#backfill-error")
+            .await
+            .is_displayed()
+            .await
+            .ok()
+            == Some(false)
+    );
+    screenshot(&client, "9-backfill-done").await;
+
+    // A long one, cancelled from its Cancel button after confirming.
+    let more: Vec<(String, i64)> = (0..1000)
+        .map(|i| (format!("long{i}"), now - 7_000 + i))
+        .collect();
+    let refs: Vec<(&str, i64)> = more.iter().map(|(l, t)| (l.as_str(), *t)).collect();
+    crate::bulk::write_sessions(&bulk.sessions, &refs);
+    click(&client, "#backfill-start").await;
+    let running = "#backfill-list article[data-state=running]";
+    text_of(&client, &format!("{running} [data-count=found] dd"), "1000").await;
+    click(&client, &format!("{running} [data-action=cancel-backfill]")).await;
+    text_of(&client, "#confirm-no", "Keep it running").await;
+    click(&client, "#confirm-yes").await;
+    let cancelled = text_of(
+        &client,
+        "#backfill-list article[data-state=cancelled]",
+        "Cancelled",
+    )
+    .await;
+    assert!(!cancelled.contains("left"), "{cancelled}");
+    let (_, list) = bulk
+        .host
+        .get(&format!(
+            "/api/configurations/{}/backfills",
+            bulk.configuration
+        ))
+        .await;
+    assert_eq!(list[0]["state"], "cancelled", "{list}");
+    assert_eq!(list[1]["state"], "done", "{list}");
+    client.close().await.expect("close");
+}

@@ -1064,3 +1064,91 @@ async fn kill_9_during_a_burst_of_session_ends_loses_no_row_and_doubles_none() {
         "each accepted event stored once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_writes_in_batches_and_a_failing_session_fails_alone() {
+    let env = Env::default().await;
+    for n in 0..6 {
+        env.dataverse.add_case(&format!("CAS-{n}"), "Printer");
+    }
+    // Outbound events are not taken: the sessions reach Dynamics only by the backfill.
+    let id = env
+        .configure(
+            "Bulk",
+            json!({"outbound_event_types": [], "retry_outbound_event_types": []}),
+        )
+        .await;
+    let ended = chrono_now() - 600;
+    let lsids: Vec<String> = (0..6)
+        .map(|n| {
+            let lsid = env.appliance.create_session(SessionSpec {
+                external_key: Some(format!("CAS-{n}")),
+                start_time: Some(ended - 300),
+                ..SessionSpec::default()
+            });
+            env.appliance.end_session(&lsid, Some(ended)).expect("ends");
+            lsid
+        })
+        .collect();
+    let refused = lsids[2].clone();
+    env.dataverse
+        .fail_writes(simulators::dataverse::WriteFault::new(&refused));
+    env.dataverse.reset_counts();
+
+    let (status, started) = env
+        .host
+        .post(
+            &format!("/api/configurations/{id}/backfill"),
+            &json!({"since": ended - 60}),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let backfill = started["id"].as_i64().expect("id");
+    let done = crate::bulk::wait_backfill(&env.host, backfill).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(
+        (
+            done["found"].as_i64(),
+            done["imported"].as_i64(),
+            done["failed"].as_i64()
+        ),
+        (Some(6), Some(5), Some(1)),
+        "{done}"
+    );
+    for lsid in &lsids {
+        if *lsid == refused {
+            assert!(
+                env.dataverse.row(lsid).is_none(),
+                "the refused session has no row"
+            );
+        } else {
+            assert!(env.dataverse.row(lsid).is_some(), "{lsid} landed");
+        }
+    }
+    // Its outbound event was ignored (no configuration takes them); the backfill's failed.
+    let history: Vec<Value> = env
+        .history(&refused)
+        .await
+        .into_iter()
+        .filter(|e| e["source"] == "backfill")
+        .collect();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["state"], "failed", "{history:?}");
+    assert!(
+        history[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("0x80040265")),
+        "Dataverse's message is in the history: {history:?}"
+    );
+    // Six sessions, written through $batch: far fewer requests than two per session.
+    assert!(env.dataverse.api_count("$batch") >= 1);
+    // (Operations inside a batch are counted apart, as `$batch/<endpoint>`.)
+    let requests: u64 = env
+        .dataverse
+        .api_counts()
+        .iter()
+        .filter(|(endpoint, _)| !endpoint.starts_with("$batch/"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(requests < 6, "{:?}", env.dataverse.api_counts());
+}

@@ -2,7 +2,9 @@
 
 mod admin_api;
 mod admin_security;
+mod backfill_api;
 mod browser;
+mod bulk;
 mod dynamics;
 mod events;
 mod helpers;

@@ -61,7 +61,17 @@ impl Monitor {
 
     /// Counts a call to `endpoint` and takes the first armed fault that matches it.
     pub fn call(&self, endpoint: &str) -> Option<Fault> {
+        self.tally(endpoint);
+        self.take_fault(endpoint)
+    }
+
+    /// Counts a call to `endpoint` without looking for a fault.
+    pub fn tally(&self, endpoint: &str) {
         *lock(&self.counts).entry(endpoint.to_owned()).or_default() += 1;
+    }
+
+    /// Takes the first armed fault that matches `endpoint`, without counting a call.
+    pub fn take_fault(&self, endpoint: &str) -> Option<Fault> {
         let mut faults = lock(&self.faults);
         let index = faults
             .iter()

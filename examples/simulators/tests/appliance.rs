@@ -671,3 +671,104 @@ async fn plain_http_refuses_oauth() {
         (400, Some("OAuth requires HTTPS."))
     );
 }
+
+#[tokio::test]
+async fn listings_select_ended_sessions_by_end_time_window_and_calls_are_counted_per_report() {
+    let sim = start(ApplianceOptions::default()).await;
+    let token = sim.token().await;
+    let base = 1_760_000_000;
+    let at = |offset: i64| {
+        ended(
+            &sim,
+            SessionSpec {
+                start_time: Some(base + offset - 60),
+                external_key: Some(format!("CAS-{offset}")),
+                ..Default::default()
+            },
+            base + offset,
+        )
+    };
+    let (_early, first, last, boundary) = (at(-1), at(0), at(99), at(100));
+    let running = sim.appliance.create_session(SessionSpec {
+        start_time: Some(base + 50),
+        ..Default::default()
+    });
+    let (status, xml) = sim
+        .report(
+            &token,
+            &format!("generate_report=SupportSessionListing&end_time={base}&duration=100"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(xml.contains("<session_summary_list"), "{xml}");
+    for lsid in [&first, &last] {
+        assert!(
+            xml.contains(&format!("<session_summary lsid=\"{lsid}\"")),
+            "{xml}"
+        );
+    }
+    for lsid in [&boundary, &running] {
+        assert!(!xml.contains(lsid.as_str()), "{xml}");
+    }
+    assert!(xml.contains("external_key=\"CAS-0\""), "{xml}");
+    // Nothing in the window: the no-data error, as a real appliance answers.
+    let (_, xml) = sim
+        .report(
+            &token,
+            &format!(
+                "generate_report=SupportSessionListing&end_time={}&duration=10",
+                base - 1000
+            ),
+        )
+        .await;
+    assert!(xml.contains("No Support report information"), "{xml}");
+    let (_, xml) = sim
+        .report(
+            &token,
+            &format!("generate_report=SupportSession&lsids={first},{last}"),
+        )
+        .await;
+    assert_eq!(xml.matches("<session lsid=").count(), 2);
+    let counts = sim.appliance.counts();
+    assert_eq!(counts.get("reporting:SupportSessionListing"), Some(&2));
+    assert_eq!(counts.get("reporting:SupportSession"), Some(&1));
+    assert_eq!(counts.get("reporting"), Some(&3));
+    assert_eq!(sim.appliance.count("reporting:SupportCustExitSurvey"), 0);
+
+    // A fault can target one report type; the control API shows and resets counts.
+    sim.appliance.arm(FaultRule {
+        fault: Fault::Status { status: 503 },
+        count: 1,
+        endpoint: Some("reporting:SupportSession".into()),
+    });
+    let (listing, _) = sim
+        .report(
+            &token,
+            &format!("generate_report=SupportSessionListing&end_time={base}&duration=1"),
+        )
+        .await;
+    let (report, _) = sim
+        .report(
+            &token,
+            &format!("generate_report=SupportSession&lsid={first}"),
+        )
+        .await;
+    assert_eq!((listing, report), (200, 503));
+    let control = |path: &str| format!("{}/control/{path}", sim.appliance.base_url);
+    let shown: serde_json::Value = sim
+        .http
+        .get(control("counts"))
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(shown["reporting:SupportSession"], 2);
+    sim.http
+        .post(control("counts/reset"))
+        .send()
+        .await
+        .expect("answer");
+    assert!(sim.appliance.counts().is_empty());
+}

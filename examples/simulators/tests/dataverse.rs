@@ -645,3 +645,282 @@ async fn the_control_api_seeds_cases_and_reads_rows() {
     assert_eq!(send(sim.api(Method::GET, "WhoAmI", &token)).await.0, 200);
     assert_eq!(send(sim.api(Method::GET, "WhoAmI", &token)).await.0, 429);
 }
+
+/// One `application/http` part of a `$batch`.
+fn op(method: &str, url: &str, content_id: Option<u32>, body: Option<Value>) -> String {
+    let mut part =
+        String::from("Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n");
+    if let Some(id) = content_id {
+        part.push_str(&format!("Content-ID: {id}\r\n"));
+    }
+    part.push_str(&format!("\r\n{method} {url} HTTP/1.1\r\n"));
+    match body {
+        Some(b) => part.push_str(&format!("Content-Type: application/json\r\n\r\n{b}")),
+        None => part.push_str("\r\n"),
+    }
+    part
+}
+
+fn change_set(name: &str, ops: &[String]) -> String {
+    let mut out = format!("Content-Type: multipart/mixed; boundary={name}\r\n\r\n");
+    for o in ops {
+        out.push_str(&format!("--{name}\r\n{o}\r\n"));
+    }
+    out.push_str(&format!("--{name}--"));
+    out
+}
+
+fn batch(items: &[String]) -> String {
+    let mut out = String::new();
+    for i in items {
+        out.push_str(&format!("--batch_t\r\n{i}\r\n"));
+    }
+    out.push_str("--batch_t--\r\n");
+    out
+}
+
+impl Sim {
+    async fn batch(
+        &self,
+        token: &str,
+        body: String,
+        continue_on_error: bool,
+    ) -> (u16, Vec<String>, String) {
+        let mut r = self
+            .api(Method::POST, "$batch", token)
+            .header("Content-Type", "multipart/mixed; boundary=batch_t")
+            .body(body);
+        if continue_on_error {
+            r = r.header("Prefer", "odata.continue-on-error");
+        }
+        let r = r.send().await.expect("answer");
+        let status = r.status().as_u16();
+        let kind = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let text = r.text().await.expect("text");
+        let Some((_, boundary)) = kind.split_once("boundary=") else {
+            return (status, Vec::new(), text);
+        };
+        let parts = text
+            .split(&format!("--{boundary}"))
+            .skip(1)
+            .filter(|p| !p.starts_with("--"))
+            .map(str::to_owned)
+            .collect();
+        (status, parts, text)
+    }
+}
+
+#[tokio::test]
+async fn a_batch_runs_requests_and_atomic_change_sets_as_one_request() {
+    let sim = start(DataverseOptions::default()).await;
+    let token = sim.token().await;
+    sim.dv.add_case("CAS-1", "One");
+    sim.dv.set_limits(Limits {
+        requests: Some(2),
+        window_seconds: 300,
+        concurrent: None,
+    });
+    let api = format!("{}/api/data/v9.2/", sim.dv.url);
+    let note = "11111111-2222-5333-4444-555555555555";
+    let items = |last_get: bool| {
+        let mut items = vec![
+            op("GET", &format!("{api}WhoAmI"), None, None),
+            change_set(
+                "cs_1",
+                &[
+                    op(
+                        "PATCH",
+                        &format!("{api}bt_sessions(bt_lsid='a')"),
+                        Some(1),
+                        Some(json!({"bt_name": "A"})),
+                    ),
+                    op(
+                        "PATCH",
+                        &format!("/api/data/v9.2/annotations({note})"),
+                        Some(2),
+                        Some(json!({"subject": "S", "objectid_bt_session@odata.bind": "$1"})),
+                    ),
+                ],
+            ),
+            change_set(
+                "cs_2",
+                &[
+                    op(
+                        "PATCH",
+                        "bt_sessions(bt_lsid='b')",
+                        Some(3),
+                        Some(json!({"bt_name": "B"})),
+                    ),
+                    op(
+                        "PATCH",
+                        "bt_sessions(bt_lsid='c')",
+                        Some(4),
+                        Some(json!({"bt_nosuchcolumn": 1})),
+                    ),
+                ],
+            ),
+        ];
+        if last_get {
+            items.push(op(
+                "GET",
+                "incidents?$select=incidentid&$filter=ticketnumber%20eq%20'CAS-1'",
+                None,
+                None,
+            ));
+        }
+        batch(&items)
+    };
+    let (status, parts, text) = sim.batch(&token, items(true), true).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(parts.len(), 4, "{text}");
+    assert!(
+        parts[0].contains("HTTP/1.1 200 OK") && parts[0].contains("\"UserId\""),
+        "{}",
+        parts[0]
+    );
+    assert!(
+        parts[1].contains("multipart/mixed; boundary=changesetresponse_"),
+        "{}",
+        parts[1]
+    );
+    assert_eq!(
+        parts[1].matches("HTTP/1.1 204 No Content").count(),
+        2,
+        "{}",
+        parts[1]
+    );
+    assert!(parts[1].contains("Content-ID: 1") && parts[1].contains("odata-entityid: https://"));
+    assert!(
+        parts[2].contains("Content-ID: 4") && parts[2].contains("HTTP/1.1 400 Bad Request"),
+        "{}",
+        parts[2]
+    );
+    assert!(
+        parts[2].contains("Invalid property 'bt_nosuchcolumn'"),
+        "{}",
+        parts[2]
+    );
+    assert!(
+        parts[3].contains("HTTP/1.1 200 OK") && parts[3].contains("\"incidentid\""),
+        "{}",
+        parts[3]
+    );
+    let snapshot = sim.dv.snapshot();
+    let a = sim.dv.row("a").expect("a written");
+    assert!(sim.dv.row("b").is_none(), "rolled back with c");
+    assert_eq!(snapshot.annotations.len(), 1);
+    assert_eq!(
+        snapshot.annotations[0].object_id,
+        a["bt_sessionid"].as_str().unwrap_or(""),
+        "$1 is a's row"
+    );
+    let counts = sim.dv.api_counts();
+    assert_eq!(counts.get("$batch"), Some(&1));
+    assert_eq!(counts.get("$batch/bt_sessions"), Some(&3));
+    assert_eq!(counts.get("$batch/annotations"), Some(&1));
+    assert_eq!(counts.get("bt_sessions"), None);
+    // The whole batch was one request against the limit of two.
+    assert_eq!(send(sim.api(Method::GET, "WhoAmI", &token)).await.0, 200);
+    let (status, headers, body) = send(sim.api(Method::GET, "WhoAmI", &token)).await;
+    assert_eq!((status, code(&body).0), (429, "0x80072322"));
+    assert!(headers.contains_key("retry-after"));
+    // Over the limit, a batch is refused whole, 429 with Retry-After.
+    let (status, parts, text) = sim.batch(&token, items(true), true).await;
+    assert_eq!((status, parts.len()), (429, 0), "{text}");
+
+    // Without continue-on-error the batch stops at the first failure.
+    sim.dv.set_limits(Limits::default());
+    sim.dv.reset_counts();
+    let (status, parts, _) = sim.batch(&token, items(true), false).await;
+    assert_eq!((status, parts.len()), (200, 3));
+    assert_eq!(sim.dv.api_count("$batch/incidents"), 0, "not run");
+}
+
+#[tokio::test]
+async fn batches_refuse_what_dataverse_refuses_and_writes_fail_on_demand() {
+    let sim = start(DataverseOptions::default()).await;
+    let token = sim.token().await;
+    let control = |path: &str| format!("{}/control/{path}", sim.dv.url);
+    let (status, _, text) = sim.batch(&token, "not multipart".into(), true).await;
+    assert_eq!(status, 400, "{text}");
+    let r = sim
+        .api(Method::POST, "$batch", &token)
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status().as_u16(), 400);
+    let many: Vec<String> = (0..1001).map(|_| op("GET", "WhoAmI", None, None)).collect();
+    let (status, _, text) = sim.batch(&token, batch(&many), true).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("exceeds the limit of 1000"), "{text}");
+    let nested = batch(&[op("POST", "$batch", None, None)]);
+    let (_, parts, _) = sim.batch(&token, nested, true).await;
+    assert!(
+        parts[0].contains("Batches cannot be nested"),
+        "{}",
+        parts[0]
+    );
+    let get_in_change_set = batch(&[change_set("cs", &[op("GET", "WhoAmI", Some(1), None)])]);
+    let (_, parts, _) = sim.batch(&token, get_in_change_set, true).await;
+    assert!(parts[0].contains("must not contain GET"), "{}", parts[0]);
+
+    // A write fault fails the matching writes only, directly or in a batch.
+    let armed = sim
+        .http
+        .post(control("write-faults"))
+        .json(&json!({"contains": "bt_lsid='zzz'", "message": "No."}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(armed.status().as_u16(), 200);
+    let writes = batch(&[
+        change_set(
+            "cs_1",
+            &[op(
+                "PATCH",
+                "bt_sessions(bt_lsid='zzz')",
+                Some(1),
+                Some(json!({"bt_name": "Z"})),
+            )],
+        ),
+        change_set(
+            "cs_2",
+            &[op(
+                "PATCH",
+                "bt_sessions(bt_lsid='yyy')",
+                Some(2),
+                Some(json!({"bt_name": "Y"})),
+            )],
+        ),
+    ]);
+    let (_, parts, _) = sim.batch(&token, writes.clone(), true).await;
+    assert!(
+        parts[0].contains("HTTP/1.1 400")
+            && parts[0].contains("0x80040265")
+            && parts[0].contains("No."),
+        "{}",
+        parts[0]
+    );
+    assert!(parts[1].contains("HTTP/1.1 204"), "{}", parts[1]);
+    let (status, _, body) = send(
+        sim.api(Method::PATCH, "bt_sessions(bt_lsid='zzz')", &token)
+            .json(&json!({"bt_name": "Z"})),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (400, ("0x80040265", "No.")));
+    sim.http
+        .delete(control("write-faults"))
+        .send()
+        .await
+        .expect("answer");
+    let (_, parts, _) = sim.batch(&token, writes, true).await;
+    assert!(parts[0].contains("HTTP/1.1 204"), "{}", parts[0]);
+    assert!(sim.dv.row("zzz").is_some());
+}

@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::rfc3339;
 use crate::configurations::{Configuration, ConfigurationInput, Configurations, Status};
 use crate::plugins::Verdict;
+use crate::store::bulk::ReconcileState;
 
 /// What the admin handlers share.
 pub struct AdminState {
@@ -97,6 +98,7 @@ pub async fn list_plugins(State(app): State<AppState>) -> Json<Vec<Value>> {
                 "outbound_event_types": p.manifest.outbound_event_types,
                 "polling_event_types": p.manifest.polling_event_types,
                 "actions": p.manifest.actions,
+                "lists_ended_sessions": p.manifest.lists_ended_sessions,
             }),
             Verdict::Failed(reason) => json!({
                 "id": entry.folder,
@@ -109,6 +111,7 @@ pub async fn list_plugins(State(app): State<AppState>) -> Json<Vec<Value>> {
                 "outbound_event_types": [],
                 "polling_event_types": [],
                 "actions": [],
+                "lists_ended_sessions": false,
             }),
         })
         .collect();
@@ -126,9 +129,12 @@ pub struct ConfigurationView {
     settings: Map<String, Value>,
     created_at: String,
     updated_at: String,
+    /// Its last reconciliation; null before the first (or when it does not reconcile).
+    reconciliation: Option<ReconcileState>,
 }
 
-async fn view(app: &Configurations, config: Configuration) -> ConfigurationView {
+async fn view(state: &AdminState, config: Configuration) -> Result<ConfigurationView, ApiError> {
+    let app = &state.configurations;
     let mut secret_keys = config.secret_keys.clone();
     if let Some(plugin) = app.registry().plugin(&config.plugin) {
         secret_keys.extend(
@@ -150,8 +156,14 @@ async fn view(app: &Configurations, config: Configuration) -> ConfigurationView 
             .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()));
         settings.insert(key, json!({ "set": set }));
     }
-    ConfigurationView {
+    let reconciliation = state
+        .engine
+        .reconcile_state(config.id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(ConfigurationView {
         status: app.status(config.id).await,
+        reconciliation,
         id: config.id,
         plugin: config.plugin,
         name: config.name,
@@ -159,7 +171,7 @@ async fn view(app: &Configurations, config: Configuration) -> ConfigurationView 
         settings,
         created_at: rfc3339(config.created_at),
         updated_at: rfc3339(config.updated_at),
-    }
+    })
 }
 
 fn created(view: ConfigurationView) -> Response {
@@ -177,7 +189,7 @@ pub async fn list_configurations(
 ) -> Result<Json<Vec<ConfigurationView>>, ApiError> {
     let mut views = Vec::new();
     for config in app.configurations.list().await? {
-        views.push(view(&app.configurations, config).await);
+        views.push(view(&app, config).await?);
     }
     Ok(Json(views))
 }
@@ -187,7 +199,7 @@ pub async fn get_configuration(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<ConfigurationView>, ApiError> {
     let config = app.configurations.get(id).await?;
-    Ok(Json(view(&app.configurations, config).await))
+    Ok(Json(view(&app, config).await?))
 }
 
 pub async fn create_configuration(
@@ -196,7 +208,7 @@ pub async fn create_configuration(
 ) -> Result<Response, ApiError> {
     let config = app.configurations.create(input).await?;
     tracing::info!(configuration = %config.name, plugin = %config.plugin, "configuration created");
-    Ok(created(view(&app.configurations, config).await))
+    Ok(created(view(&app, config).await?))
 }
 
 pub async fn update_configuration(
@@ -206,7 +218,7 @@ pub async fn update_configuration(
 ) -> Result<Json<ConfigurationView>, ApiError> {
     let config = app.configurations.update(id, input).await?;
     tracing::info!(configuration = %config.name, plugin = %config.plugin, "configuration saved");
-    Ok(Json(view(&app.configurations, config).await))
+    Ok(Json(view(&app, config).await?))
 }
 
 pub async fn delete_configuration(
@@ -222,7 +234,7 @@ pub async fn copy_configuration(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Response, ApiError> {
     let config = app.configurations.copy(id).await?;
-    Ok(created(view(&app.configurations, config).await))
+    Ok(created(view(&app, config).await?))
 }
 
 pub async fn enable_configuration(
@@ -230,7 +242,7 @@ pub async fn enable_configuration(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<ConfigurationView>, ApiError> {
     let config = app.configurations.set_disabled(id, false).await?;
-    Ok(Json(view(&app.configurations, config).await))
+    Ok(Json(view(&app, config).await?))
 }
 
 pub async fn disable_configuration(
@@ -238,7 +250,7 @@ pub async fn disable_configuration(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<ConfigurationView>, ApiError> {
     let config = app.configurations.set_disabled(id, true).await?;
-    Ok(Json(view(&app.configurations, config).await))
+    Ok(Json(view(&app, config).await?))
 }
 
 pub async fn test_configuration(

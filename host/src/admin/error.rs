@@ -7,6 +7,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::configurations::{ConfigError, FieldErrors};
+use crate::engine::bulk::BackfillError;
 use crate::serve::BodyError;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,9 @@ pub enum ApiError {
     RequestTimeout(String),
     #[error("the configuration is not valid")]
     Validation(FieldErrors),
+    /// A well-formed request the engine cannot carry out as asked (422).
+    #[error("{0}")]
+    Unprocessable(String),
     /// Logged with its whole chain of causes; the client gets generic text, never
     /// SQL or file paths.
     #[error("internal error; the engine's log has the details")]
@@ -50,7 +54,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,6 +108,20 @@ impl From<ConfigError> for ApiError {
             ConfigError::Store(_) | ConfigError::Secrets(_) | ConfigError::Worker(_) => {
                 Self::internal(e)
             }
+        }
+    }
+}
+
+impl From<BackfillError> for ApiError {
+    fn from(e: BackfillError) -> Self {
+        match e {
+            BackfillError::NoConfiguration(_) => Self::NotFound(e.to_string()),
+            // The configuration's state, not the request, is what must change.
+            BackfillError::NotRunning(_) => Self::Conflict(e.to_string()),
+            BackfillError::Unsupported(_) | BackfillError::EmptyRange | BackfillError::Future => {
+                Self::Unprocessable(e.to_string())
+            }
+            BackfillError::Store(e) => Self::internal(e),
         }
     }
 }
@@ -177,5 +195,46 @@ mod tests {
             "internal error; the engine's log has the details"
         );
         assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn backfill_errors_map_to_what_the_admin_must_change() {
+        let cases = [
+            (
+                BackfillError::NoConfiguration(7),
+                StatusCode::NOT_FOUND,
+                "no configuration has the id 7",
+            ),
+            (
+                BackfillError::NotRunning("Prod".into()),
+                StatusCode::CONFLICT,
+                "the configuration \"Prod\" is disabled or not running: enable it first",
+            ),
+            (
+                BackfillError::Unsupported("Prod".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the plugin of \"Prod\" cannot list ended sessions, which a backfill needs",
+            ),
+            (
+                BackfillError::EmptyRange,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the range is empty: since must be before until",
+            ),
+            (
+                BackfillError::Future,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the range starts in the future",
+            ),
+            (
+                BackfillError::Store(crate::store::StoreError::NotFound),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; the engine's log has the details",
+            ),
+        ];
+        for (error, status, text) in cases {
+            let api = ApiError::from(error);
+            assert_eq!(api.status(), status, "{api}");
+            assert_eq!(api.to_string(), text);
+        }
     }
 }

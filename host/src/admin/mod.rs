@@ -1,6 +1,7 @@
 //! The admin address: the JSON API under `/api`, the admin page, `/healthz`.
 
 mod api;
+mod backfill_api;
 pub mod error;
 mod events_api;
 mod guard;
@@ -18,6 +19,7 @@ use axum::Router;
 
 use crate::settings::HostSettings;
 pub use api::AdminState;
+pub use backfill_api::parse_time;
 use error::ApiError;
 pub use guard::constant_time_eq;
 
@@ -73,6 +75,22 @@ pub fn router(
         .route(
             "/configurations/{id}/actions/{action}",
             post(api::run_action),
+        )
+        .route(
+            "/configurations/{id}/backfill",
+            post(backfill_api::start_backfill),
+        )
+        .route(
+            "/configurations/{id}/reconcile",
+            post(backfill_api::reconcile_now),
+        )
+        .route(
+            "/configurations/{id}/backfills",
+            get(backfill_api::list_backfills),
+        )
+        .route(
+            "/backfills/{id}",
+            get(backfill_api::get_backfill).delete(backfill_api::cancel_backfill),
         )
         .route("/events", get(events_api::list_events))
         .route("/events/{id}", get(events_api::get_event))

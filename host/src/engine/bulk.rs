@@ -97,7 +97,8 @@ impl Engine {
             Some(_) => {}
         }
         let configuration = configuration_ref(&target);
-        let until = until.min(now / 1000);
+        // Up to this moment, the current second included.
+        let until = until.min(now / 1000 + 1);
         let id = self
             .store
             .call(move |conn| bulk::create_backfill(conn, &configuration, since, until, now))

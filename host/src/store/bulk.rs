@@ -102,8 +102,11 @@ fn queue(
 pub struct ReconcileState {
     /// Unix seconds: sessions that ended before this were compared.
     pub covered_until: i64,
-    /// When it last ran (ms); the next run is one interval later.
+    /// When it last ran (ms), or when it was set up if `runs` is 0; the next run is
+    /// one interval later.
     pub last_run_at: i64,
+    /// Runs so far, failed ones included.
+    pub runs: i64,
     /// Sessions the last run found ended, and those of them it queued.
     pub last_found: i64,
     pub last_queued: i64,
@@ -116,7 +119,7 @@ pub fn reconcile_state(
 ) -> Result<Option<ReconcileState>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT covered_until, last_run_at, last_found, last_queued, last_error
+            "SELECT covered_until, last_run_at, last_found, last_queued, last_error, runs
              FROM reconcile_state WHERE configuration_id = ?1",
             [configuration_id],
             |r| {
@@ -126,6 +129,7 @@ pub fn reconcile_state(
                     last_found: r.get(2)?,
                     last_queued: r.get(3)?,
                     last_error: r.get(4)?,
+                    runs: r.get(5)?,
                 })
             },
         )
@@ -170,7 +174,7 @@ pub fn record_reconciliation(
     }
     tx.execute(
         "UPDATE reconcile_state SET covered_until = MAX(covered_until, ?2), last_run_at = ?3,
-                last_found = ?4, last_queued = ?5, last_error = NULL
+                last_found = ?4, last_queued = ?5, last_error = NULL, runs = runs + 1
          WHERE configuration_id = ?1",
         params![
             configuration.id,
@@ -192,7 +196,8 @@ pub fn reconciliation_failed(
     now: i64,
 ) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE reconcile_state SET last_run_at = ?2, last_error = ?3 WHERE configuration_id = ?1",
+        "UPDATE reconcile_state SET last_run_at = ?2, last_error = ?3, runs = runs + 1
+         WHERE configuration_id = ?1",
         params![configuration_id, now, error],
     )?;
     Ok(())
@@ -332,7 +337,8 @@ fn backfill_row(
 /// Seconds left: the listing's pace for what is left of the range, and the jobs'
 /// pace for what is queued; `None` until there is a pace to go by.
 fn eta(elapsed_ms: i64, listed: f64, finished: i64, queued: i64) -> Option<u64> {
-    if elapsed_ms <= 0 || (finished == 0 && listed <= 0.0) {
+    // No pace yet: nothing listed, or events waiting and none finished.
+    if elapsed_ms <= 0 || (finished == 0 && (listed <= 0.0 || queued > 0)) {
         return None;
     }
     let elapsed = elapsed_ms as f64 / 1000.0;

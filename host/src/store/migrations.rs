@@ -124,7 +124,8 @@ const MIGRATIONS: &[&str] = &[
         last_run_at      INTEGER NOT NULL, -- ms; the next run is one interval later
         last_found       INTEGER NOT NULL DEFAULT 0,
         last_queued      INTEGER NOT NULL DEFAULT 0,
-        last_error       TEXT
+        last_error       TEXT,
+        runs             INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE backfills (
         id                 INTEGER PRIMARY KEY AUTOINCREMENT,

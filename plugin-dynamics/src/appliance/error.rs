@@ -92,6 +92,13 @@ fn status_text(status: u16, call: &str) -> String {
 
 impl From<ApplianceError> for PluginError {
     fn from(e: ApplianceError) -> Self {
+        Self::from(&e)
+    }
+}
+
+/// By reference too: one failed call can stand for many events of a batch.
+impl From<&ApplianceError> for PluginError {
+    fn from(e: &ApplianceError) -> Self {
         let message = e.to_string();
         match e {
             ApplianceError::Unreachable { .. }
@@ -103,7 +110,7 @@ impl From<ApplianceError> for PluginError {
                 PluginError::configuration(message)
             }
             ApplianceError::TokenEndpoint { status } => {
-                if status >= 500 || status == 429 {
+                if *status >= 500 || *status == 429 {
                     PluginError::retryable(message)
                 } else {
                     PluginError::configuration(message)
@@ -115,7 +122,7 @@ impl From<ApplianceError> for PluginError {
                 ..
             } => match status {
                 429 => PluginError::throttled(message, retry_after.unwrap_or(DEFAULT_THROTTLE)),
-                s if s >= 500 => PluginError::retryable(message),
+                s if *s >= 500 => PluginError::retryable(message),
                 _ => PluginError::configuration(message),
             },
             ApplianceError::Answered(answer) => {

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 
 use crate::http::{self, BodyError, SetupError, TlsSettings};
 pub use error::{ApplianceAnswer, ApplianceError};
-use xml::{ReportError, SessionReport, SurveyLine};
+use xml::{ReportError, SessionReport, SessionSummary, SurveyLine};
 
 /// Renew the token when less than this is left (the appliance keeps only 30 per account).
 const RENEW_BEFORE: Duration = Duration::from_secs(120);
@@ -230,6 +230,54 @@ impl ApplianceClient {
                 .map(|i| sessions.swap_remove(i))),
             Err(ApplianceError::Answered(a)) if a.is_no_data() => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The reports of the given sessions, in one call (`lsids=a,b,c`); sessions the
+    /// appliance has no report for (yet) are missing from the answer.
+    pub async fn sessions(&self, lsids: &[&str]) -> Result<Vec<SessionReport>, ApplianceError> {
+        if lsids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let joined = lsids.join(",");
+        let selector = if lsids.len() == 1 { "lsid" } else { "lsids" };
+        let (status, xml) = self
+            .report("SupportSession", &[(selector, &joined)])
+            .await?;
+        match read_answer(status, xml::sessions(&xml)) {
+            Err(ApplianceError::Answered(a)) if a.is_no_data() => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// The sessions that ended from `since` for `until - since` seconds, in one
+    /// `SupportSessionListing` call (`end_time` + `duration`: ended sessions only).
+    ///
+    /// Whether a session ending exactly at `until` is in it is the appliance's to say
+    /// (its documents do not), and a listing has no end times to tell. The appliance documents no
+    /// truncation or paging of listings (and the plugin sends no `limit`, which filters
+    /// by category, not by count): a summary is ~100 bytes, so the answer cap (64 MiB)
+    /// leaves room for hundreds of thousands of sessions; past it the call fails as
+    /// too large rather than returning part of the window.
+    pub async fn ended_sessions(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<SessionSummary>, ApplianceError> {
+        // `duration=0` would mean "until now": an empty window asks nothing.
+        let Some(duration) = until.checked_sub(since).filter(|d| *d > 0) else {
+            return Ok(Vec::new());
+        };
+        let (from, duration) = (since.to_string(), duration.to_string());
+        let (status, xml) = self
+            .report(
+                "SupportSessionListing",
+                &[("end_time", &from), ("duration", &duration)],
+            )
+            .await?;
+        match read_answer(status, xml::session_listing(&xml)) {
+            Err(ApplianceError::Answered(a)) if a.is_no_data() => Ok(Vec::new()),
+            other => other,
         }
     }
 

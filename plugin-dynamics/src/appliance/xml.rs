@@ -363,6 +363,50 @@ pub fn sessions(xml: &str) -> Result<Vec<SessionReport>, ReportError> {
         .collect())
 }
 
+/// One `<session_summary>` of a `SupportSessionListing` answer. Real answers carry
+/// the lsid, the external key and whether there is a recording: no start or end
+/// time (see `tests/fixtures/support-session-listing-pra-cloud.xml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub lsid: String,
+    pub external_key: Option<String>,
+}
+
+/// Reads a `SupportSessionListing` answer strictly: the root must be
+/// `<session_summary_list>` and each summary must name its session; a session
+/// listed twice is kept once.
+pub fn session_listing(xml: &str) -> Result<Vec<SessionSummary>, ReportError> {
+    let root = parse_answer(xml)?;
+    if root.name != "session_summary_list" {
+        return Err(ReportError::Malformed(format!(
+            "expected <session_summary_list>, got <{}>",
+            root.name
+        )));
+    }
+    let mut listed: Vec<SessionSummary> = Vec::new();
+    for (i, s) in root.children("session_summary").enumerate() {
+        let lsid = s.attr("lsid").map(str::trim).unwrap_or("");
+        if lsid.is_empty() {
+            return Err(ReportError::Malformed(format!(
+                "session_summary {} has no lsid",
+                i + 1
+            )));
+        }
+        if listed.iter().any(|l| l.lsid == lsid) {
+            continue;
+        }
+        listed.push(SessionSummary {
+            lsid: lsid.to_owned(),
+            external_key: s
+                .attr("external_key")
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned),
+        });
+    }
+    Ok(listed)
+}
+
 /// One answered question of an exit survey: its label and answer(s).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SurveyLine {
@@ -511,6 +555,63 @@ mod tests {
         assert_eq!(sessions(&xml).expect("parses")[0].lsid, "x");
     }
 
+    const REAL_LISTING: &str =
+        include_str!("../../tests/fixtures/support-session-listing-pra-cloud.xml");
+
+    #[test]
+    fn a_real_listing_is_read_right() {
+        let listed = session_listing(REAL_LISTING).expect("parses");
+        assert_eq!(
+            listed,
+            vec![
+                SessionSummary {
+                    lsid: "e9e99aeb9ad54fb381634498502c5a1b".into(),
+                    external_key: None
+                },
+                SessionSummary {
+                    lsid: "219ca41dc71940a5a69687b49736d97b".into(),
+                    external_key: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn listings_are_read_strictly() {
+        let xml = r#"<b:session_summary_list xmlns:b="http://www.bomgar.com/namespaces/API/reporting"><b:session_summary lsid="a" external_key="CAS-1" has_recording="1"><b:new/></b:session_summary><b:session_summary lsid="a"/><b:other/><b:session_summary lsid=" b " external_key=""/></b:session_summary_list>"#;
+        let listed = session_listing(xml).expect("parses");
+        assert_eq!(
+            listed,
+            vec![
+                SessionSummary {
+                    lsid: "a".into(),
+                    external_key: Some("CAS-1".into())
+                },
+                SessionSummary {
+                    lsid: "b".into(),
+                    external_key: None
+                },
+            ],
+            "once each, unknown elements ignored"
+        );
+        assert_eq!(
+            session_listing("<session_summary_list/>").expect("empty"),
+            vec![]
+        );
+        assert!(matches!(
+            session_listing(r#"<session_summary_list><session_summary has_recording="0"/></session_summary_list>"#),
+            Err(ReportError::Malformed(m)) if m == "session_summary 1 has no lsid"
+        ));
+        assert!(matches!(
+            session_listing("<session_list/>"),
+            Err(ReportError::Malformed(m)) if m.contains("expected <session_summary_list>")
+        ));
+        assert!(matches!(
+            session_listing("<error>Login failed</error>"),
+            Err(ReportError::Appliance(m)) if m == "Login failed"
+        ));
+    }
+
     #[test]
     fn surveys_read_labels_from_attributes_or_children() {
         let xml = r#"<exit_survey_list xmlns="x"><exit_survey lsid="L"><question_list>
@@ -550,6 +651,7 @@ mod fuzz {
             let _ = sessions(&text);
             let _ = exit_surveys(&text);
             let _ = reporting_permission(&text);
+            let _ = session_listing(&text);
         }
 
         #[test]

@@ -127,7 +127,8 @@ impl EntraError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DynamicsError {
-    #[error("Dataverse answered HTTP {} to {what}: {}", .error.status, .error.message)]
+    /// Dataverse's message, with its error code when it gave one.
+    #[error("Dataverse answered HTTP {} to {what}: {}{}", .error.status, .error.message, code_text(.error.code.as_deref()))]
     Answered { what: String, error: DataverseError },
     /// An earlier 429's Retry-After has not passed yet; nothing was sent.
     #[error("Dataverse asked to wait before {what} (429 earlier)")]
@@ -152,6 +153,10 @@ pub enum DynamicsError {
     Setup(#[from] SetupError),
 }
 
+fn code_text(code: Option<&str>) -> String {
+    code.map(|c| format!(" (error {c})")).unwrap_or_default()
+}
+
 impl DynamicsError {
     /// Dataverse's own error, when it answered one.
     pub fn dataverse(&self) -> Option<&DataverseError> {
@@ -164,6 +169,13 @@ impl DynamicsError {
 
 impl From<DynamicsError> for PluginError {
     fn from(e: DynamicsError) -> Self {
+        Self::from(&e)
+    }
+}
+
+/// By reference too: one failed request can stand for many events of a batch.
+impl From<&DynamicsError> for PluginError {
+    fn from(e: &DynamicsError) -> Self {
         let message = e.to_string();
         match e {
             DynamicsError::Answered { error, .. } => match error.status {
@@ -172,7 +184,7 @@ impl From<DynamicsError> for PluginError {
                 _ => PluginError::permanent(message),
             },
             DynamicsError::Waiting { wait, .. } => {
-                PluginError::throttled(message, wait + THROTTLE_MARGIN)
+                PluginError::throttled(message, *wait + THROTTLE_MARGIN)
             }
             DynamicsError::Unreachable { .. }
             | DynamicsError::BrokeOff { .. }
@@ -221,7 +233,7 @@ mod tests {
         );
         assert_eq!(
             e.message,
-            "Dataverse answered HTTP 429 to the upsert: Number of requests exceeded the limit"
+            "Dataverse answered HTTP 429 to the upsert: Number of requests exceeded the limit (error 0x80072322)"
         );
         assert_eq!(
             answered(429, body, None).retry_after,

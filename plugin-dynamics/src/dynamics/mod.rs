@@ -2,6 +2,7 @@
 //! ClientSecretCredential (one per configuration, on the configured cloud), and the
 //! Dataverse Web API with its required headers and error handling.
 
+pub mod batch;
 pub mod error;
 
 use std::sync::Arc;
@@ -117,11 +118,22 @@ fn entra_error(e: &azure_core::Error) -> Option<EntraError> {
     None
 }
 
-/// A response as read: status, the row id from `OData-EntityId`, body.
+/// A response as read: status, the row id from `OData-EntityId`, its content type
+/// (a `$batch` answer's names its boundary), body.
 pub struct Answer {
     pub status: u16,
     pub entity_id: Option<String>,
+    pub content_type: Option<String>,
     pub body: Vec<u8>,
+}
+
+/// A request's body: JSON, or already written text with its content type.
+enum Payload<'a> {
+    Json(&'a Value),
+    Text {
+        content_type: &'a str,
+        body: &'a str,
+    },
 }
 
 pub struct DynamicsClient {
@@ -217,6 +229,67 @@ impl DynamicsClient {
         headers: &[(&str, &str)],
         what: &str,
     ) -> Result<Answer, DynamicsError> {
+        self.execute(method, path, body.map(Payload::Json), headers, what)
+            .await
+    }
+
+    /// Sends a `$batch` (one request against the service protection limits, however
+    /// many operations it holds) and reads its answer, one entry per item answered.
+    /// A 429 inside it blocks the next requests as a 429 to the batch would.
+    pub async fn batch(
+        &self,
+        request: &batch::BatchRequest,
+        what: &str,
+    ) -> Result<Vec<batch::ItemAnswer>, DynamicsError> {
+        let boundary = request.boundary();
+        let body = request.body(&self.api, &boundary);
+        let content_type = format!("multipart/mixed; boundary={boundary}");
+        let answer = self
+            .execute(
+                reqwest::Method::POST,
+                "$batch",
+                Some(Payload::Text {
+                    content_type: &content_type,
+                    body: &body,
+                }),
+                &[("Prefer", "odata.continue-on-error")],
+                what,
+            )
+            .await?;
+        let answers =
+            batch::parse_answer(answer.content_type.as_deref().unwrap_or(""), &answer.body)
+                .map_err(|detail| DynamicsError::Unexpected {
+                    what: what.to_owned(),
+                    detail,
+                })?;
+        let throttle = answers
+            .iter()
+            .flat_map(batch::ItemAnswer::responses)
+            .filter(|r| r.status == 429)
+            .map(|r| DataverseError::from_answer(429, &r.body, r.retry_after()).throttle_delay())
+            .max();
+        if let Some(delay) = throttle {
+            self.block_for(delay);
+        }
+        Ok(answers)
+    }
+
+    /// No request goes out for `delay` (Dataverse asked to wait).
+    fn block_for(&self, delay: Duration) {
+        if let Ok(mut b) = self.blocked_until.lock() {
+            let until = std::time::Instant::now() + delay;
+            *b = Some(b.map_or(until, |earlier| earlier.max(until)));
+        }
+    }
+
+    async fn execute(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Payload<'_>>,
+        headers: &[(&str, &str)],
+        what: &str,
+    ) -> Result<Answer, DynamicsError> {
         let mut renewed = false;
         loop {
             let blocked = self
@@ -242,10 +315,18 @@ impl DynamicsClient {
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
-            if let Some(body) = body {
-                request = request
-                    .header("Content-Type", "application/json; charset=utf-8")
-                    .body(body.to_string());
+            match &body {
+                Some(Payload::Json(body)) => {
+                    request = request
+                        .header("Content-Type", "application/json; charset=utf-8")
+                        .body(body.to_string());
+                }
+                Some(Payload::Text { content_type, body }) => {
+                    request = request
+                        .header("Content-Type", *content_type)
+                        .body((*body).to_owned());
+                }
+                None => {}
             }
             let response = request
                 .send()
@@ -256,11 +337,15 @@ impl DynamicsClient {
                 })?;
             let status = response.status().as_u16();
             let retry_after = http::retry_after(response.headers());
-            let entity_id = response
-                .headers()
-                .get("odata-entityid")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let entity_id = header("odata-entityid");
+            let content_type = header("content-type");
             let body = http::read_body(response, http::JSON_ANSWER_LIMIT)
                 .await
                 .map_err(|e| match e {
@@ -286,9 +371,7 @@ impl DynamicsClient {
             if !(200..300).contains(&status) {
                 let error = DataverseError::from_answer(status, &body, retry_after);
                 if error.is_throttled() {
-                    if let Ok(mut b) = self.blocked_until.lock() {
-                        *b = Some(std::time::Instant::now() + error.throttle_delay());
-                    }
+                    self.block_for(error.throttle_delay());
                 }
                 return Err(DynamicsError::Answered {
                     what: what.to_owned(),
@@ -298,6 +381,7 @@ impl DynamicsClient {
             return Ok(Answer {
                 status,
                 entity_id,
+                content_type,
                 body,
             });
         }

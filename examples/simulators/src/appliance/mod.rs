@@ -167,9 +167,19 @@ impl Appliance {
         self.state.delivery.add_recipient(url);
     }
 
-    /// Calls per endpoint: `token`, `reporting`, `command`.
+    /// Calls per endpoint: `token`, `reporting`, `command`, and per report type
+    /// `reporting:<generate_report>` (e.g. `reporting:SupportSessionListing`).
     pub fn counts(&self) -> BTreeMap<String, u64> {
         self.state.monitor.counts()
+    }
+
+    /// Calls to one endpoint or report type (a key of [`Appliance::counts`]).
+    pub fn count(&self, endpoint: &str) -> u64 {
+        self.state.monitor.count(endpoint)
+    }
+
+    pub fn reset_counts(&self) {
+        self.state.monitor.reset_counts();
     }
 
     pub fn arm(&self, rule: crate::common::FaultRule) {

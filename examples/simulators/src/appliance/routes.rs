@@ -35,6 +35,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/control/deliveries", get(deliveries))
         .route("/control/faults", post(arm))
         .route("/control/counts", get(counts))
+        .route("/control/counts/reset", post(reset_counts))
         .route("/control/rotate-secret", post(rotate_secret))
         .route("/control/token-lifetime", post(token_lifetime))
         .route("/control/reporting-permission", post(reporting_permission))
@@ -58,9 +59,14 @@ fn oauth_error(status: StatusCode, error: &str, message: &str) -> Response {
     (status, Json(json!({ "error": error, "message": message }))).into_response()
 }
 
-/// Applies an armed fault; `Some` is the answer to give instead.
+/// Counts a call to `endpoint` and applies an armed fault; `Some` is the answer to
+/// give instead.
 async fn fault(state: &State, endpoint: &str, xml_errors: bool) -> Option<Response> {
-    match state.monitor.call(endpoint)? {
+    apply(state, state.monitor.call(endpoint), xml_errors).await
+}
+
+async fn apply(state: &State, fault: Option<Fault>, xml_errors: bool) -> Option<Response> {
+    match fault? {
         Fault::Status { status } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             Some(if xml_errors {
@@ -172,7 +178,19 @@ async fn reporting(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(answer) = fault(&state, "reporting", true).await {
+    let params = params(&uri, &method, &body);
+    // Counted per report type too (`reporting:SupportSessionListing`), so that tests
+    // see how many calls of each kind a feature makes; faults can target one type.
+    let typed = format!(
+        "reporting:{}",
+        params.get("generate_report").map_or("", String::as_str)
+    );
+    state.monitor.tally(&typed);
+    let armed = state
+        .monitor
+        .call("reporting")
+        .or_else(|| state.monitor.take_fault(&typed));
+    if let Some(answer) = apply(&state, armed, true).await {
         return answer;
     }
     let ns = state.namespace();
@@ -194,7 +212,6 @@ async fn reporting(
             ),
         );
     }
-    let params = params(&uri, &method, &body);
     lock(&state.last_reporting_params).clone_from(&params);
     let Some(report_type) = params.get("generate_report") else {
         return xml(
@@ -411,6 +428,11 @@ async fn arm(AxState(state): AxState<Arc<State>>, Json(rule): Json<FaultRule>) -
 
 async fn counts(AxState(state): AxState<Arc<State>>) -> Json<Value> {
     Json(json!(state.monitor.counts()))
+}
+
+async fn reset_counts(AxState(state): AxState<Arc<State>>) -> Json<Value> {
+    state.monitor.reset_counts();
+    Json(json!({ "ok": true }))
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,6 @@
 //! The control API (`/control/...` on the Dataverse port), for the demo and tests:
-//! seed cases, read what was written, count requests, set limits, faults and
-//! privileges, revoke tokens. And the metadata JSON both APIs show.
+//! seed cases, read what was written, count requests, set limits, faults (per
+//! endpoint, and per write by matching text) and privileges, revoke tokens. And the metadata JSON both APIs show.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::model::{ColumnType, TableMeta};
-use super::{Limits, State};
+use super::{Limits, State, WriteFault};
 use crate::common::{lock, FaultRule};
 
 pub(crate) fn router(state: Arc<State>) -> Router<Arc<State>> {
@@ -19,6 +19,11 @@ pub(crate) fn router(state: Arc<State>) -> Router<Arc<State>> {
         .route("/cases", post(add_case).get(list_cases))
         .route("/rows", get(rows))
         .route("/counts", get(counts))
+        .route("/counts/reset", post(reset_counts))
+        .route(
+            "/write-faults",
+            post(fail_writes).delete(clear_write_faults),
+        )
         .route("/limits", post(set_limits))
         .route("/faults", post(arm))
         .route("/revoke-tokens", post(revoke))
@@ -53,6 +58,28 @@ async fn counts(AxState(state): AxState<Arc<State>>) -> Json<Value> {
         "throttled": state.throttled.load(std::sync::atomic::Ordering::SeqCst),
         "early_after_429": state.early_after_429.load(std::sync::atomic::Ordering::SeqCst),
     }))
+}
+
+async fn reset_counts(AxState(state): AxState<Arc<State>>) -> Json<Value> {
+    state.api.reset_counts();
+    state.entra.reset_counts();
+    Json(json!({ "reset": true }))
+}
+
+/// Fails the writes whose address or body contains `contains` (e.g. an lsid).
+async fn fail_writes(
+    AxState(state): AxState<Arc<State>>,
+    Json(fault): Json<WriteFault>,
+) -> Json<Value> {
+    if fault.count != Some(0) {
+        lock(&state.write_faults).push(fault.clone());
+    }
+    Json(json!({ "armed": fault }))
+}
+
+async fn clear_write_faults(AxState(state): AxState<Arc<State>>) -> Json<Value> {
+    lock(&state.write_faults).clear();
+    Json(json!({ "cleared": true }))
 }
 
 async fn set_limits(

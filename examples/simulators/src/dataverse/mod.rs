@@ -1,6 +1,7 @@
 //! Entra ID (the token endpoint) and Dataverse (the Web API) for one simulated
 //! environment, each on its own TLS port like the real hosts.
 
+mod batch;
 mod control;
 mod entra;
 pub mod metadata;
@@ -70,6 +71,48 @@ impl Default for DataverseOptions {
     }
 }
 
+/// Makes the writes (PATCH, POST, PUT, DELETE) whose address or body contains a text
+/// fail with a Dataverse error, as an org's own plug-in refusing a record would, e.g.
+/// to fail one session's row: `{"contains": "<lsid>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteFault {
+    pub contains: String,
+    #[serde(default = "write_fault_status")]
+    pub status: u16,
+    #[serde(default = "write_fault_code")]
+    pub code: String,
+    #[serde(default = "write_fault_message")]
+    pub message: String,
+    /// How many writes it fails; every matching write when absent.
+    #[serde(default)]
+    pub count: Option<u32>,
+}
+
+fn write_fault_status() -> u16 {
+    400
+}
+
+fn write_fault_code() -> String {
+    // What Dataverse answers when a plug-in throws InvalidPluginExecutionException.
+    "0x80040265".into()
+}
+
+fn write_fault_message() -> String {
+    "The record was refused by a plug-in of the organization (simulated).".into()
+}
+
+impl WriteFault {
+    pub fn new(contains: &str) -> Self {
+        Self {
+            contains: contains.to_owned(),
+            status: write_fault_status(),
+            code: write_fault_code(),
+            message: write_fault_message(),
+            count: None,
+        }
+    }
+}
+
 pub(crate) struct Token {
     client_id: String,
     audience: String,
@@ -98,6 +141,10 @@ pub(crate) struct State {
     pub(crate) throttled: AtomicU64,
     pub(crate) entra: Monitor,
     pub(crate) api: Monitor,
+    /// Requests take it shared, a `$batch` change set exclusively: a change set's
+    /// writes and their rollback are never interleaved with other writes.
+    pub(crate) transactions: tokio::sync::RwLock<()>,
+    pub(crate) write_faults: Mutex<Vec<WriteFault>>,
     pub(crate) user_id: String,
     pub(crate) business_unit_id: String,
     pub(crate) organization_id: String,
@@ -169,6 +216,8 @@ impl Dataverse {
             throttled: AtomicU64::new(0),
             entra: Monitor::default(),
             api: Monitor::default(),
+            transactions: tokio::sync::RwLock::new(()),
+            write_faults: Mutex::new(Vec::new()),
             user_id: random_guid(),
             business_unit_id: random_guid(),
             organization_id: random_guid(),
@@ -222,9 +271,32 @@ impl Dataverse {
             .find(|r| r.get("bt_lsid").and_then(Value::as_str) == Some(lsid))
     }
 
-    /// Calls per endpoint (`token`, `WhoAmI`, `incidents`, `bt_sessions`, `annotations`, ...).
+    /// Calls per endpoint (`token`, `WhoAmI`, `incidents`, `bt_sessions`, `annotations`,
+    /// `$batch`, ...); the operations inside a `$batch` count as `$batch/<endpoint>`.
     pub fn api_counts(&self) -> BTreeMap<String, u64> {
         self.state.api.counts()
+    }
+
+    /// Calls to one endpoint (a key of [`Dataverse::api_counts`]).
+    pub fn api_count(&self, endpoint: &str) -> u64 {
+        self.state.api.count(endpoint)
+    }
+
+    /// Forgets the call counts (Web API and Entra ID).
+    pub fn reset_counts(&self) {
+        self.state.api.reset_counts();
+        self.state.entra.reset_counts();
+    }
+
+    /// Fails the writes that match (see [`WriteFault`]).
+    pub fn fail_writes(&self, fault: WriteFault) {
+        if fault.count != Some(0) {
+            lock(&self.state.write_faults).push(fault);
+        }
+    }
+
+    pub fn clear_write_faults(&self) {
+        lock(&self.state.write_faults).clear();
     }
 
     pub fn token_requests(&self) -> u64 {
@@ -328,6 +400,23 @@ impl State {
             },
         );
         id
+    }
+
+    /// The error of the first write fault matching a write to `path` with `body`.
+    pub(crate) fn write_fault(&self, path: &str, body: &[u8]) -> Option<WriteFault> {
+        let mut faults = lock(&self.write_faults);
+        let text = String::from_utf8_lossy(body);
+        let index = faults
+            .iter()
+            .position(|f| path.contains(&f.contains) || text.contains(&f.contains))?;
+        let fault = faults[index].clone();
+        if let Some(n) = faults[index].count.as_mut() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                faults.remove(index);
+            }
+        }
+        Some(fault)
     }
 
     pub(crate) fn snapshot(&self) -> Snapshot {

@@ -1,6 +1,7 @@
 //! The Dataverse Web API (`/api/data/v9.2/`): bearer tokens, OData headers, service
 //! protection limits, WhoAmI, cases, the `bt_session` table (upsert by alternate key),
-//! notes and table metadata, with Dataverse's error bodies.
+//! notes and table metadata, with Dataverse's error bodies; `$batch` (see `batch`)
+//! runs its operations through the same `dispatch`.
 
 // Handlers return ready error answers as `Err(Response)`; they are built once per
 // failed request, so their size does not matter.
@@ -49,12 +50,12 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) 
         .into_response()
 }
 
-fn bad_request(message: impl Into<String>) -> Response {
+pub(crate) fn bad_request(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "0x80060888", message)
 }
 
 /// The endpoint name used for call counts and fault rules.
-fn endpoint_of(path: &str) -> String {
+pub(crate) fn endpoint_of(path: &str) -> String {
     let first = path.split('/').next().unwrap_or("");
     first.split('(').next().unwrap_or("").to_owned()
 }
@@ -114,6 +115,37 @@ async fn handle(
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     let url = lock(&state.url).clone();
+    if endpoint == "$batch" {
+        if method != Method::POST {
+            return bad_request("A $batch request must be a POST.");
+        }
+        return super::batch::execute(&state, &url, &headers, &body).await;
+    }
+    let _shared = state.transactions.read().await;
+    dispatch(&state, &url, &method, &path, &query, &headers, &body)
+}
+
+/// One Web API request after authentication and service protection: what a direct
+/// request and each operation inside a `$batch` run through.
+pub(crate) fn dispatch(
+    state: &State,
+    url: &str,
+    method: &Method,
+    path: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let endpoint = endpoint_of(path);
+    if matches!(
+        *method,
+        Method::PATCH | Method::POST | Method::PUT | Method::DELETE
+    ) {
+        if let Some(f) = state.write_fault(path, body) {
+            let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST);
+            return error(status, &f.code, f.message);
+        }
+    }
     let prefer_representation = headers
         .get("prefer")
         .and_then(|v| v.to_str().ok())
@@ -126,12 +158,12 @@ async fn handle(
             "OrganizationId": state.organization_id,
         }))
         .into_response(),
-        (Method::GET, "incidents") => query_incidents(&state, &url, &query),
-        (Method::POST, "annotations") => write_annotation(&state, &url, None, &body),
+        (Method::GET, "incidents") => query_incidents(state, url, query),
+        (Method::POST, "annotations") => write_annotation(state, url, None, body),
         // Upsert by primary key: PATCH annotations(<id>) creates or updates that note.
-        (Method::PATCH, "annotations") => match parse_key(&path) {
+        (Method::PATCH, "annotations") => match parse_key(path) {
             Ok(key) if key.len() == 1 && key[0].0.is_empty() => {
-                write_annotation(&state, &url, Some(key[0].1.clone()), &body)
+                write_annotation(state, url, Some(key[0].1.clone()), body)
             }
             Ok(_) => bad_request("Address a note by its id: annotations(<guid>)."),
             Err(r) => r,
@@ -143,12 +175,12 @@ async fn handle(
                     .map(|(_, r)| r.trim_end_matches("')"))
                     .unwrap_or("");
                 let key = key.trim_end_matches(')').trim_matches('\'');
-                super::metadata::read_key(&state, table, key)
+                super::metadata::read_key(state, table, key)
             }
-            None => entity_definition(&state, &url, &path, &query),
+            None => entity_definition(state, url, path, query),
         },
-        (Method::GET, "publishers") => super::metadata::list_publishers(&state, &query),
-        (Method::GET, "solutions") => super::metadata::list_solutions(&state, &query),
+        (Method::GET, "publishers") => super::metadata::list_publishers(state, query),
+        (Method::GET, "solutions") => super::metadata::list_solutions(state, query),
         (
             Method::POST,
             "publishers"
@@ -157,7 +189,7 @@ async fn handle(
             | "RelationshipDefinitions"
             | "PublishXml",
         ) => {
-            let Ok(json_body) = serde_json::from_slice::<Value>(&body) else {
+            let Ok(json_body) = serde_json::from_slice::<Value>(body) else {
                 return bad_request("The request body is not JSON.");
             };
             let table = path
@@ -165,19 +197,19 @@ async fn handle(
                 .and_then(|(_, r)| r.split_once("')"))
                 .map(|(t, _)| t.to_owned());
             match (endpoint.as_str(), table, path.rsplit('/').next()) {
-                ("publishers", _, _) => super::metadata::create_publisher(&state, &url, &json_body),
-                ("solutions", _, _) => super::metadata::create_solution(&state, &url, &json_body),
+                ("publishers", _, _) => super::metadata::create_publisher(state, url, &json_body),
+                ("solutions", _, _) => super::metadata::create_solution(state, url, &json_body),
                 ("RelationshipDefinitions", _, _) => {
-                    super::metadata::create_relationship(&state, &url, &headers, &json_body)
+                    super::metadata::create_relationship(state, url, headers, &json_body)
                 }
-                ("PublishXml", _, _) => super::metadata::publish(&state, &json_body),
+                ("PublishXml", _, _) => super::metadata::publish(state, &json_body),
                 (_, Some(t), Some("Attributes")) => {
-                    super::metadata::create_column(&state, &url, &headers, &t, &json_body)
+                    super::metadata::create_column(state, url, headers, &t, &json_body)
                 }
                 (_, Some(t), Some("Keys")) => {
-                    super::metadata::create_key(&state, &url, &headers, &t, &json_body)
+                    super::metadata::create_key(state, url, headers, &t, &json_body)
                 }
-                (_, None, _) => super::metadata::create_table(&state, &url, &headers, &json_body),
+                (_, None, _) => super::metadata::create_table(state, url, headers, &json_body),
                 _ => bad_request(format!("Resource not found for the segment '{path}'.")),
             }
         }
@@ -188,15 +220,15 @@ async fn handle(
                 .map(|t| t.meta.clone());
             match table {
                 Some(meta) if m == Method::PATCH => upsert(
-                    &state,
-                    &url,
+                    state,
+                    url,
                     &meta,
-                    &path,
-                    &headers,
-                    &body,
+                    path,
+                    headers,
+                    body,
                     prefer_representation,
                 ),
-                Some(meta) if m == Method::GET => retrieve(&state, &url, &meta, &path),
+                Some(meta) if m == Method::GET => retrieve(state, url, &meta, path),
                 _ => error(
                     StatusCode::NOT_FOUND,
                     "0x8006088a",
@@ -207,7 +239,7 @@ async fn handle(
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -73,11 +73,17 @@ async function load() {
 }
 
 // Deep links: #add/<plugin id> and #edit/<configuration id> open the form;
-// #history or #history/<configuration id> the event history.
+// #history or #history/<configuration id> the event history; #backfill/<configuration
+// id> the configuration's reconciliation and backfills.
 function openFromHash() {
   const [verb, arg] = decodeURIComponent(location.hash.slice(1)).split("/");
-  if (document.getElementById("form-dialog").open || document.getElementById("history-dialog").open) return;
+  if (["form-dialog", "history-dialog", "backfill-dialog"].some((id) => document.getElementById(id).open)) return;
   if (verb === "history") { openHistory({ configuration: arg || "" }); return; }
+  if (verb === "backfill") {
+    const config = state.configurations.find((c) => String(c.id) === arg);
+    if (config) openBackfill(config);
+    return;
+  }
   if (verb === "add") {
     const plugin = state.plugins.find((p) => p.id === arg && p.status === "loaded");
     if (plugin) openForm(plugin, null);
@@ -149,6 +155,7 @@ function configRows(plugin, config) {
       loaded ? action("edit", "Edit", () => openForm(plugin, config)) : null,
       action("test", "Test", () => runTest(config)),
       action("history", "History", () => openHistory({ configuration: String(config.id) })),
+      loaded ? action("backfill", "Backfill", () => openBackfill(config)) : null,
       ...(plugin.actions || []).map((a) => el("button", {
         class: "secondary", "data-action": "plugin-action", "data-plugin-action": a.name, title: a.description,
         onclick: () => runPluginAction(config, a),
@@ -185,11 +192,12 @@ async function runTest(config) {
   renderAll();
 }
 
-async function confirmDialog(title, text, button) {
+async function confirmDialog(title, text, button, back = "Cancel") {
   const dialog = document.getElementById("confirm-dialog");
   document.getElementById("confirm-title").textContent = title;
   document.getElementById("confirm-text").textContent = text;
   document.getElementById("confirm-yes").textContent = button;
+  document.getElementById("confirm-no").textContent = back;
   dialog.returnValue = "";
   dialog.showModal();
   await new Promise((resolve) => dialog.addEventListener("close", resolve, { once: true }));
@@ -303,6 +311,176 @@ async function retryEvent(id) {
   if (r.ok) notify("Queued again.");
   else notify((r.data || {}).error || "Retry failed", "error");
   await loadHistory();
+}
+
+// ---- reconciliation and backfill of one configuration ----
+
+const bulk = { config: null, timer: null, shown: "" };
+
+const pad2 = (n) => String(n).padStart(2, "0");
+
+// A Date as a datetime-local input's value (local time, to the minute).
+function localInputValue(d) {
+  return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())}T${pad2(d.getHours())}:${pad2(d.getMinutes())}`;
+}
+
+// A datetime-local value (the browser's local time) as RFC 3339 with its offset; null
+// when it is not a time.
+function rfc3339Local(value) {
+  const d = new Date(value);
+  if (Number.isNaN(d.getTime())) return null;
+  const offset = -d.getTimezoneOffset();
+  const abs = Math.abs(offset);
+  return `${localInputValue(d)}:${pad2(d.getSeconds())}${offset < 0 ? "-" : "+"}${pad2(Math.floor(abs / 60))}:${pad2(abs % 60)}`;
+}
+
+// Coarse on purpose: the list is a live region, read out when its text changes.
+function timeLeft(seconds) {
+  if (seconds === null || seconds === undefined) return "estimating the time left…";
+  if (seconds < 60) return "less than a minute left";
+  const minutes = Math.round(seconds / 60);
+  if (minutes < 60) return `about ${minutes} min left`;
+  return `about ${Math.floor(minutes / 60)} h ${minutes % 60} min left`;
+}
+
+function reconcileText(config, plugin) {
+  if (!plugin || !plugin.lists_ended_sessions) return "Off: this plugin cannot list ended sessions.";
+  const decl = (plugin.settings || []).find((d) => d.key === "reconcile_interval_minutes");
+  const minutes = Number(config.settings.reconcile_interval_minutes ?? (decl ? decl.default : 0));
+  if (!minutes) return "Off (the Reconciliation Interval is 0).";
+  if ((config.status || {}).state !== "running") return `Every ${minutes} min; paused while the configuration is not running.`;
+  const r = config.reconciliation;
+  if (!r) return `Every ${minutes} min; it has not run yet.`;
+  const last = !r.runs
+    ? "It has not run yet"
+    : r.last_error
+    ? `Last ran ${fmtTime(r.last_run_at)} and failed: ${r.last_error}`
+    : `Last ran ${fmtTime(r.last_run_at)}, found ${r.last_found} ended sessions, queued ${r.last_queued}`;
+  const left = r.last_run_at + minutes * 60000 - Date.now();
+  return `${last}; next in about ${left > 60000 ? Math.round(left / 60000) + " min" : "a minute"}.`;
+}
+
+async function openBackfill(config) {
+  bulk.config = config;
+  bulk.shown = "";
+  const plugin = state.plugins.find((p) => p.id === config.plugin);
+  document.getElementById("backfill-title").textContent = `Reconciliation and backfill — ${config.name}`;
+  document.getElementById("backfill-unsupported").hidden = Boolean(plugin && plugin.lists_ended_sessions);
+  document.getElementById("reconcile-now").hidden = !(plugin && plugin.lists_ended_sessions);
+  document.getElementById("backfill-error").hidden = true;
+  document.getElementById("backfill-list").replaceChildren();
+  const since = document.getElementById("backfill-since");
+  if (!since.value) since.value = localInputValue(new Date(Date.now() - 86400000));
+  history.replaceState(null, "", `#backfill/${config.id}`);
+  const dialog = document.getElementById("backfill-dialog");
+  if (!dialog.open) dialog.showModal();
+  await refreshBulk();
+}
+
+function bulkError(message) {
+  const banner = document.getElementById("backfill-error");
+  banner.textContent = message;
+  banner.hidden = !message;
+}
+
+// Reloads the configuration's reconciliation and backfills; again every second while
+// one of them runs (the page has no push channel).
+async function refreshBulk() {
+  clearTimeout(bulk.timer);
+  const config = bulk.config;
+  const dialog = document.getElementById("backfill-dialog");
+  if (!config || !dialog.open) return;
+  const [list, current] = await Promise.all([
+    api("GET", `/api/configurations/${config.id}/backfills`), api("GET", `/api/configurations/${config.id}`),
+  ]);
+  if (bulk.config !== config || !dialog.open) return;
+  if (current.ok) {
+    const plugin = state.plugins.find((p) => p.id === current.data.plugin);
+    document.getElementById("reconcile-text").textContent = reconcileText(current.data, plugin);
+  }
+  if (!list.ok) { bulkError((list.data || {}).error || "Cannot load the backfills"); return; }
+  renderBackfills(list.data);
+  if (list.data.some((b) => b.state === "running")) bulk.timer = setTimeout(refreshBulk, 1000);
+}
+
+function meter(id, label, value, max, text) {
+  return el("div", { class: "meter" },
+    el("label", { for: id, text: label }),
+    el("progress", { id, max, value }),
+    el("span", { class: "meter-text", text }));
+}
+
+function backfillItem(b) {
+  const running = b.state === "running";
+  const processed = b.imported + b.skipped + b.failed + b.already_imported;
+  const labels = { running: "Running", done: "Done", failed: "Failed", cancelled: "Cancelled" };
+  const counts = [["found", "Found", b.found], ["imported", "Imported", b.imported], ["skipped", "Skipped", b.skipped],
+    ["failed", "Failed", b.failed], ["already_imported", "Already imported", b.already_imported], ["queued", "Queued", b.queued]];
+  return el("article", { class: "backfill", "data-backfill-id": b.id, "data-state": b.state },
+    el("div", { class: "backfill-head" },
+      el("span", { class: "badge " + b.state, "data-backfill-state": b.state, text: labels[b.state] || b.state }),
+      el("span", { class: "range", text: `Sessions ended from ${fmtTime(b.since * 1000)} until ${fmtTime(b.until * 1000)}` }),
+      running ? el("button", { class: "danger", "data-action": "cancel-backfill", onclick: () => cancelBackfill(b) }, "Cancel") : null),
+    running && b.listed < 1
+      ? meter(`backfill-${b.id}-listed`, "Listing sessions", b.listed, 1, `${Math.floor(b.listed * 100)}%`) : null,
+    meter(`backfill-${b.id}-processed`, "Processed", processed, Math.max(b.found, 1), `${processed} of ${b.found}`),
+    el("dl", { class: "counts" }, counts.map(([key, label, n]) =>
+      el("div", { "data-count": key }, el("dt", { text: label }), el("dd", { text: String(n) })))),
+    running ? el("p", { class: "muted", "data-eta": "", text: timeLeft(b.eta_seconds) }) : null,
+    b.error ? el("p", { class: "status-detail", "data-backfill-error": "", text: b.error }) : null);
+}
+
+function renderBackfills(list) {
+  const nodes = list.length
+    ? list.map(backfillItem)
+    : [el("p", { class: "muted", text: "No backfill yet." })];
+  // Replaced only when what it says changes: a live region is read out each time.
+  const text = nodes.map((n) => n.textContent).join("|");
+  if (text === bulk.shown) return;
+  bulk.shown = text;
+  document.getElementById("backfill-list").replaceChildren(...nodes);
+}
+
+async function startBackfill(event) {
+  event.preventDefault();
+  const config = bulk.config;
+  const sinceInput = document.getElementById("backfill-since");
+  const untilInput = document.getElementById("backfill-until");
+  if (!sinceInput.value) { bulkError("Choose when the sessions to import ended from."); sinceInput.focus(); return; }
+  const body = { since: rfc3339Local(sinceInput.value) };
+  if (untilInput.value) body.until = rfc3339Local(untilInput.value);
+  if (body.since === null || body.until === null) { bulkError("The dates are not valid."); return; }
+  const button = document.getElementById("backfill-start");
+  button.disabled = true;
+  const r = await api("POST", `/api/configurations/${config.id}/backfill`, body);
+  button.disabled = false;
+  if (!r.ok) { bulkError((r.data || {}).error || "Starting the backfill failed"); return; }
+  bulkError("");
+  notify("Backfill started.");
+  await refreshBulk();
+}
+
+async function cancelBackfill(b) {
+  const yes = await confirmDialog("Cancel backfill",
+    "Cancel this backfill? Nothing more is listed, and the sessions it queued that are not processed yet are marked failed (each can be retried from the event history).",
+    "Cancel backfill", "Keep it running");
+  if (!yes) return;
+  const r = await api("DELETE", `/api/backfills/${b.id}`);
+  if (r.ok) notify("Backfill cancelled.");
+  else notify((r.data || {}).error || "Cancel failed", "error");
+  await refreshBulk();
+}
+
+async function reconcileNow() {
+  const config = bulk.config;
+  const button = document.getElementById("reconcile-now");
+  button.disabled = true;
+  const r = await api("POST", `/api/configurations/${config.id}/reconcile`);
+  button.disabled = false;
+  if (!r.ok) notify((r.data || {}).error || "Reconciliation failed", "error");
+  else if (!r.data.ok) notify(r.data.error, "error");
+  else notify(`Reconciled: found ${r.data.found} ended sessions, queued ${r.data.queued}.`);
+  await refreshBulk();
 }
 
 // ---- the configuration form, built from the plugin's declarations ----
@@ -456,5 +634,13 @@ document.addEventListener("DOMContentLoaded", () => {
     loadHistory();
   });
   document.getElementById("form-cancel").addEventListener("click", () => document.getElementById("form-dialog").close());
+  document.getElementById("backfill-form").addEventListener("submit", startBackfill);
+  document.getElementById("reconcile-now").addEventListener("click", reconcileNow);
+  document.getElementById("backfill-close").addEventListener("click", () => document.getElementById("backfill-dialog").close());
+  document.getElementById("backfill-dialog").addEventListener("close", () => {
+    clearTimeout(bulk.timer);
+    bulk.config = null;
+    history.replaceState(null, "", location.pathname);
+  });
   load();
 });
