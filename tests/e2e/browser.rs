@@ -399,7 +399,7 @@ async fn an_admin_backfills_a_range_and_watches_it_finish() {
     .await;
     find(&client, "#backfill-dialog[open]").await;
     text_of(&client, "#backfill-title", "Bulk").await;
-    text_of(&client, "#reconcile-text", "60 min").await;
+    text_of(&client, "#reconcile-text", "Every 60 min").await;
     text_of(&client, "label[for=backfill-since]", "Sessions ended from").await;
     text_of(&client, "label[for=backfill-until]", "until (empty: now)").await;
 

@@ -357,7 +357,7 @@ function reconcileText(config, plugin) {
     ? `Last ran ${fmtTime(r.last_run_at)} and failed: ${r.last_error}`
     : `Last ran ${fmtTime(r.last_run_at)}, found ${r.last_found} ended sessions, queued ${r.last_queued}`;
   const left = r.last_run_at + minutes * 60000 - Date.now();
-  return `${last}; next in about ${left > 60000 ? Math.round(left / 60000) + " min" : "a minute"}.`;
+  return `Every ${minutes} min. ${last}; next in about ${left > 60000 ? Math.round(left / 60000) + " min" : "a minute"}.`;
 }
 
 async function openBackfill(config) {
