@@ -13,6 +13,8 @@
 //! 4. Memory (RSS) idle and under load, and the time from start to ready.
 //! 5. A restart on a long history: 200,000 events stored (half past the retention),
 //!    the time to the first event answered, and to the old half pruned meanwhile.
+//! 6. Backfill of 2,000 sessions under the scaled Dataverse limit, batched, beside the
+//!    per-session path of 2; reconciliation over 10,000 ended sessions.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -243,6 +245,83 @@ struct E2e {
     peak_rss: u64,
 }
 
+/// The simulated appliance and Dataverse, and the bundle of their certificates.
+struct Sims {
+    dir: tempfile::TempDir,
+    appliance: Appliance,
+    dataverse: Dataverse,
+    bundle: PathBuf,
+}
+
+impl Sims {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
+        let appliance = Appliance::start(ApplianceOptions::default(), dir.path())
+            .await
+            .unwrap_or_else(|e| fail(e));
+        let dataverse = Dataverse::start(DataverseOptions::default(), dir.path())
+            .await
+            .unwrap_or_else(|e| fail(e));
+        let mut bundle = std::fs::read_to_string(&dataverse.cert_path).unwrap_or_default();
+        if let Some(c) = &appliance.cert_path {
+            bundle.push_str(&std::fs::read_to_string(c).unwrap_or_default());
+        }
+        let bundle_path = dir.path().join("trusted.pem");
+        std::fs::write(&bundle_path, bundle).unwrap_or_else(|e| fail(format!("write: {e}")));
+        Self {
+            dir,
+            appliance,
+            dataverse,
+            bundle: bundle_path,
+        }
+    }
+
+    /// A Dynamics configuration's settings for these simulators, with `overrides`.
+    fn settings(&self, overrides: Value) -> Value {
+        let (appliance, dataverse) = (&self.appliance, &self.dataverse);
+        let mut settings = json!({
+            "bt_hostname": appliance.host, "bt_client_id": appliance.client_id, "bt_client_secret": appliance.client_secret(),
+            "ca_certificate_file": self.bundle.to_string_lossy(),
+            "outbound_event_types": ["support_conference_end"], "retry_outbound_event_types": ["support_conference_end"], "retry_attempt_limit": 10,
+            "dynamics_url": dataverse.url, "azure_tenant_id": dataverse.tenant_id, "azure_client_id": dataverse.client_id,
+            "azure_client_secret": dataverse.client_secret(), "azure_cloud": dataverse.authority,
+            "update_all_sessions": false, "import_timestamps_as_utc": true,
+        });
+        if let (Some(s), Some(o)) = (settings.as_object_mut(), overrides.as_object()) {
+            for (k, v) in o {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+        settings
+    }
+
+    /// Dataverse requests that count against its limit: a `$batch` is one, whatever
+    /// it carries (its operations are counted apart, as `$batch/<endpoint>`).
+    fn dataverse_requests(&self) -> u64 {
+        self.dataverse
+            .api_counts()
+            .iter()
+            .filter(|(endpoint, _)| {
+                ["incidents", "bt_sessions", "annotations", "$batch"].contains(&endpoint.as_str())
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Creates the Bench configuration; its id.
+async fn configure(http: &reqwest::Client, engine: &Engine, settings: Value) -> i64 {
+    let created = api(
+        http,
+        format!("{}/api/configurations", engine.admin),
+        Some(json!({"plugin": "dynamics365", "name": "Bench", "settings": settings})),
+    )
+    .await;
+    created["id"]
+        .as_i64()
+        .unwrap_or_else(|| fail(format!("configuration refused: {created}")))
+}
+
 /// Ends `sessions` sessions on the appliance and waits until every row is in
 /// Dataverse, or until `run_for` has passed (then the rows so far count).
 async fn end_to_end(
@@ -252,38 +331,11 @@ async fn end_to_end(
     limits: Option<Limits>,
     run_for: Option<Duration>,
 ) -> E2e {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
-    let appliance = Appliance::start(ApplianceOptions::default(), dir.path())
-        .await
-        .unwrap_or_else(|e| fail(e));
-    let dataverse = Dataverse::start(DataverseOptions::default(), dir.path())
-        .await
-        .unwrap_or_else(|e| fail(e));
-    let mut bundle = std::fs::read_to_string(&dataverse.cert_path).unwrap_or_default();
-    if let Some(c) = &appliance.cert_path {
-        bundle.push_str(&std::fs::read_to_string(c).unwrap_or_default());
-    }
-    let bundle_path = dir.path().join("trusted.pem");
-    std::fs::write(&bundle_path, bundle).unwrap_or_else(|e| fail(format!("write: {e}")));
-    let engine = start_engine(binary, plugins, &dir.path().join("data"));
+    let sims = Sims::start().await;
+    let (appliance, dataverse) = (&sims.appliance, &sims.dataverse);
+    let engine = start_engine(binary, plugins, &sims.dir.path().join("data"));
     let http = reqwest::Client::new();
-    let settings = json!({
-        "bt_hostname": appliance.host, "bt_client_id": appliance.client_id, "bt_client_secret": appliance.client_secret(),
-        "ca_certificate_file": bundle_path.to_string_lossy(),
-        "outbound_event_types": ["support_conference_end"], "retry_outbound_event_types": ["support_conference_end"], "retry_attempt_limit": 10,
-        "dynamics_url": dataverse.url, "azure_tenant_id": dataverse.tenant_id, "azure_client_id": dataverse.client_id,
-        "azure_client_secret": dataverse.client_secret(), "azure_cloud": dataverse.authority,
-        "update_all_sessions": false, "import_timestamps_as_utc": true,
-    });
-    let created = api(
-        &http,
-        format!("{}/api/configurations", engine.admin),
-        Some(json!({"plugin": "dynamics365", "name": "Bench", "settings": settings})),
-    )
-    .await;
-    if created["id"].is_null() {
-        fail(format!("configuration refused: {created}"));
-    }
+    configure(&http, &engine, sims.settings(json!({}))).await;
     for i in 0..sessions {
         dataverse.add_case(&format!("CAS-{i:06}"), "Bench case");
     }
@@ -318,11 +370,7 @@ async fn end_to_end(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let counts = dataverse.api_counts();
-    let data_requests: u64 = ["incidents", "bt_sessions", "annotations"]
-        .iter()
-        .map(|k| counts.get(*k).copied().unwrap_or(0))
-        .sum();
+    let data_requests = sims.dataverse_requests();
     let (early, throttled) = dataverse.throttle_report();
     E2e {
         sessions: dataverse.snapshot().rows.len(),
@@ -335,6 +383,136 @@ async fn end_to_end(
         early,
         accepted_requests: data_requests.saturating_sub(throttled),
         peak_rss,
+    }
+}
+
+/// Sessions of the backfill benchmark.
+const BACKFILLED: usize = 2_000;
+/// Ended sessions of the reconciliation benchmark.
+const RECONCILED: usize = 10_000;
+
+struct Backfill {
+    sessions: usize,
+    seconds: f64,
+    dataverse: u64,
+    reports: u64,
+    throttled: u64,
+    early: u64,
+}
+
+/// Backfills `BACKFILLED` sessions that ended without their events reaching the
+/// engine, under Dataverse's limit `limits`: the batched path.
+async fn backfill(binary: &Path, plugins: &Path, limits: Limits) -> Backfill {
+    let sims = Sims::start().await;
+    let (appliance, dataverse) = (&sims.appliance, &sims.dataverse);
+    let engine = start_engine(binary, plugins, &sims.dir.path().join("data"));
+    let http = reqwest::Client::new();
+    let id = configure(
+        &http,
+        &engine,
+        sims.settings(json!({"reconcile_interval_minutes": 0})),
+    )
+    .await;
+    let ended = chrono::Utc::now().timestamp() - 600;
+    for i in 0..BACKFILLED {
+        dataverse.add_case(&format!("CAS-{i:06}"), "Bench case");
+        let lsid = appliance.create_session(SessionSpec {
+            external_key: Some(format!("CAS-{i:06}")),
+            start_time: Some(ended - 300),
+            ..SessionSpec::default()
+        });
+        if let Err(e) = appliance.end_session(&lsid, Some(ended)) {
+            fail(e);
+        }
+    }
+    dataverse.set_limits(limits);
+    let started = Instant::now();
+    let answer = api(
+        &http,
+        format!("{}/api/configurations/{id}/backfill", engine.admin),
+        Some(json!({"since": ended - 3_600})),
+    )
+    .await;
+    let backfill = answer["id"]
+        .as_i64()
+        .unwrap_or_else(|| fail(format!("backfill refused: {answer}")));
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let state = http
+            .get(format!("{}/api/backfills/{backfill}", engine.admin))
+            .send()
+            .await
+            .unwrap_or_else(|e| fail(format!("admin API: {e}")))
+            .json::<Value>()
+            .await
+            .unwrap_or(Value::Null);
+        if state["state"] != "running" {
+            if state["state"] != "done" || state["imported"].as_u64() != Some(BACKFILLED as u64) {
+                fail(format!(
+                    "the backfill did not import every session: {state}"
+                ));
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            fail(format!(
+                "the backfill is still running after 30 minutes: {state}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (early, throttled) = dataverse.throttle_report();
+    Backfill {
+        sessions: dataverse.snapshot().rows.len(),
+        seconds,
+        dataverse: sims.dataverse_requests(),
+        reports: appliance.counts().get("reporting").copied().unwrap_or(0),
+        throttled,
+        early,
+    }
+}
+
+/// One reconciliation asked for now: its time and the sessions it queued.
+async fn reconcile_once(http: &reqwest::Client, url: &str) -> (f64, u64) {
+    let started = Instant::now();
+    let answer = api(http, url.to_owned(), None).await;
+    let seconds = started.elapsed().as_secs_f64();
+    if answer["ok"] != true {
+        fail(format!("reconciliation failed: {answer}"));
+    }
+    (seconds, answer["queued"].as_u64().unwrap_or(0))
+}
+
+struct Reconciliation {
+    /// (seconds, sessions queued, appliance calls) of each run.
+    first: (f64, u64, u64),
+    again: (f64, u64, u64),
+}
+
+/// Reconciles a configuration over `RECONCILED` ended sessions none of whose events
+/// came, twice: the first run queues them all, the second finds each already taken.
+async fn reconciliation(binary: &Path, plugins: &Path) -> Reconciliation {
+    let sims = Sims::start().await;
+    let appliance = &sims.appliance;
+    let engine = start_engine(binary, plugins, &sims.dir.path().join("data"));
+    let http = reqwest::Client::new();
+    let id = configure(&http, &engine, sims.settings(json!({}))).await;
+    for _ in 0..RECONCILED {
+        let lsid = appliance.create_session(SessionSpec::default());
+        if let Err(e) = appliance.end_session(&lsid, None) {
+            fail(e);
+        }
+    }
+    let url = format!("{}/api/configurations/{id}/reconcile", engine.admin);
+    let before = appliance.count("reporting:SupportSessionListing");
+    let (s1, q1) = reconcile_once(&http, &url).await;
+    let l1 = appliance.count("reporting:SupportSessionListing");
+    let (s2, q2) = reconcile_once(&http, &url).await;
+    let l2 = appliance.count("reporting:SupportSessionListing");
+    Reconciliation {
+        first: (s1, q1, l1 - before),
+        again: (s2, q2, l2 - l1),
     }
 }
 
@@ -459,6 +637,16 @@ async fn main() {
     println!(
         "end to end, limited: {} sessions in {:.1} s, {} throttled, {} early",
         limited.sessions, limited.seconds, limited.throttled, limited.early
+    );
+    let batched = backfill(&binary, &plugins, limit).await;
+    println!(
+        "backfill, limited: {} sessions in {:.1} s, {} throttled, {} early",
+        batched.sessions, batched.seconds, batched.throttled, batched.early
+    );
+    let reconciled = reconciliation(&binary, &plugins).await;
+    println!(
+        "reconciliation over {RECONCILED} sessions: {:.2} s (queued {}), again {:.2} s (queued {})",
+        reconciled.first.0, reconciled.first.1, reconciled.again.0, reconciled.again.1
     );
     let restart = restart_on_history(&binary, &plugins, &work.path().join("history-data")).await;
     println!(
@@ -598,6 +786,56 @@ async fn main() {
         doc,
         "| start to the old half pruned (in steps, while serving) | {:.1} s |",
         restart.pruned.as_secs_f64()
+    );
+    let _ = writeln!(doc, "\n## 6. Backfill and reconciliation\n");
+    let per_session = limited.sessions as f64 / limited.seconds * 60.0;
+    let per_minute = batched.sessions as f64 / batched.seconds * 60.0;
+    let _ = writeln!(doc, "Under the same Dataverse limit as section 2 (600 requests / 30 s), {BACKFILLED} sessions that ended without their events reaching the engine, imported by one backfill (listed a day at a time, reports read with `lsids=`, written through `$batch`, 10 sessions a request), beside the per-session path of section 2 (each session's outbound event handled alone).\n");
+    let _ = writeln!(doc, "| path | sessions | seconds | sessions/minute | Dataverse requests / session | appliance report calls / session | 429 answers | requests before Retry-After |");
+    let _ = writeln!(
+        doc,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let _ = writeln!(
+        doc,
+        "| per session (section 2, limited) | {} | {:.1} | {per_session:.0} | {:.2} | {:.2} | {} | {} |",
+        limited.sessions,
+        limited.seconds,
+        limited.dataverse as f64 / limited.sessions.max(1) as f64,
+        limited.reports as f64 / limited.sessions.max(1) as f64,
+        limited.throttled,
+        limited.early
+    );
+    let _ = writeln!(
+        doc,
+        "| backfill, batched | {} | {:.1} | {per_minute:.0} | {:.2} | {:.3} | {} | {} |",
+        batched.sessions,
+        batched.seconds,
+        batched.dataverse as f64 / batched.sessions.max(1) as f64,
+        batched.reports as f64 / batched.sessions.max(1) as f64,
+        batched.throttled,
+        batched.early
+    );
+    let _ = writeln!(
+        doc,
+        "\nBatched / per session: **{:.1} times** as many sessions per minute.\n",
+        per_minute / per_session.max(1.0)
+    );
+    let _ = writeln!(doc, "Reconciliation of one configuration over {RECONCILED} sessions that ended after it was created, none of whose events came (`POST /api/configurations/{{id}}/reconcile`, timed from the request to the answer, which comes once the missing sessions are queued):\n");
+    let _ = writeln!(
+        doc,
+        "| run | seconds | sessions queued | appliance listing calls |"
+    );
+    let _ = writeln!(doc, "| --- | ---: | ---: | ---: |");
+    let _ = writeln!(
+        doc,
+        "| first (every session missing) | {:.2} | {} | {} |",
+        reconciled.first.0, reconciled.first.1, reconciled.first.2
+    );
+    let _ = writeln!(
+        doc,
+        "| again (every session already taken) | {:.2} | {} | {} |",
+        reconciled.again.0, reconciled.again.1, reconciled.again.2
     );
     print!("\n{doc}");
     std::fs::write("docs/benchmarks.md", &doc)

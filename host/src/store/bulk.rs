@@ -589,3 +589,133 @@ pub(super) fn forget_configuration(
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::events::{insert_batch, Routing};
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(crate::store::Store::open(dir.path()).expect("store"));
+        let conn = Connection::open(dir.path().join(crate::store::DATABASE_FILE)).expect("open");
+        conn.execute(
+            "INSERT INTO configurations (id, plugin, name, settings, secrets, created_at, updated_at)
+             VALUES (1, 'p', 'c1', '{}', '{}', 0, 0)",
+            [],
+        )
+        .expect("configuration");
+        (dir, conn)
+    }
+
+    fn c1() -> ConfigurationRef {
+        ConfigurationRef {
+            id: 1,
+            name: "c1".into(),
+            appliance_id: "Default".into(),
+        }
+    }
+
+    fn ended(lsid: &str) -> EndedSession {
+        EndedSession {
+            lsid: lsid.into(),
+            ended_at: 100,
+        }
+    }
+
+    fn states(conn: &Connection) -> Vec<(String, Source, JobState)> {
+        let mut stmt = conn
+            .prepare("SELECT lsid, source, state FROM jobs ORDER BY id")
+            .expect("prepare");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    }
+
+    #[test]
+    fn reconciliation_queues_only_the_sessions_never_taken_and_only_once() {
+        let (_dir, mut conn) = store();
+        let delivered = super::super::events::NewEvent {
+            source: Source::Outbound,
+            appliance_id: "Default".into(),
+            event_type: SESSION_END.into(),
+            lsid: Some("a".into()),
+            timestamp: 100,
+            fields: BTreeMap::new(),
+            dedup_key: Some("a".into()),
+        };
+        insert_batch(
+            &mut conn,
+            &[(delivered, Routing::To(vec![(1, "c1".into())]))],
+            0,
+        )
+        .expect("insert");
+        start_reconciling(&conn, 1, 50, 0).expect("state");
+        let found = [ended("a"), ended("b")];
+        assert_eq!(
+            record_reconciliation(&mut conn, &c1(), &found, 200, 1).expect("run"),
+            1
+        );
+        assert_eq!(
+            record_reconciliation(&mut conn, &c1(), &found, 300, 2).expect("run"),
+            0
+        );
+        assert_eq!(
+            states(&conn),
+            vec![
+                ("a".into(), Source::Outbound, JobState::Pending),
+                ("b".into(), Source::Reconcile, JobState::Pending)
+            ]
+        );
+        let state = reconcile_state(&conn, 1).expect("read").expect("state");
+        assert_eq!(
+            (
+                state.covered_until,
+                state.runs,
+                state.last_found,
+                state.last_queued
+            ),
+            (300, 2, 2, 0)
+        );
+    }
+
+    #[test]
+    fn a_backfill_counts_what_was_taken_and_a_cancel_fails_its_waiting_events() {
+        let (_dir, mut conn) = store();
+        start_reconciling(&conn, 1, 0, 0).expect("state");
+        record_reconciliation(&mut conn, &c1(), &[ended("old")], 10, 0).expect("run");
+        let id = create_backfill(&conn, &c1(), 0, 1_000, 0).expect("create");
+        let chunk = [ended("old"), ended("new1"), ended("new2")];
+        assert_eq!(
+            record_backfill_chunk(&mut conn, id, &c1(), &chunk, 500, 1).expect("chunk"),
+            (2, 1)
+        );
+        let view = backfill(&conn, id, 2).expect("view");
+        assert_eq!((view.found, view.already_imported, view.queued), (3, 1, 2));
+        assert!(!view.is_listed());
+        assert!(
+            !finish_backfill_if_done(&mut conn, id, 3).expect("finish"),
+            "not listed yet"
+        );
+        assert!(cancel_backfill(&mut conn, id, 4).expect("cancel"));
+        assert!(
+            !cancel_backfill(&mut conn, id, 5).expect("cancel"),
+            "already ended"
+        );
+        let view = backfill(&conn, id, 6).expect("view");
+        assert_eq!(view.state, BackfillState::Cancelled);
+        assert_eq!((view.failed, view.queued), (2, 0));
+        // A chunk arriving after the cancel writes nothing.
+        assert_eq!(
+            record_backfill_chunk(&mut conn, id, &c1(), &[ended("late")], 1_000, 7).expect("chunk"),
+            (0, 0)
+        );
+        // A later backfill queues the failed ones again, not the one taken.
+        let again = create_backfill(&conn, &c1(), 0, 1_000, 8).expect("create");
+        assert_eq!(
+            record_backfill_chunk(&mut conn, again, &c1(), &chunk, 1_000, 9).expect("chunk"),
+            (2, 1)
+        );
+    }
+}
