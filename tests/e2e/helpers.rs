@@ -136,6 +136,23 @@ pub fn run_host(args: &[&str]) -> Output {
         .expect("host runs")
 }
 
+/// `middleware-engine tls init` for localhost and 127.0.0.1 with `data` as the data
+/// folder, plus `extra` arguments (e.g. `--force`).
+pub fn tls_init(data: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "tls",
+        "init",
+        "--hostname",
+        "localhost",
+        "--ip",
+        "127.0.0.1",
+    ];
+    args.extend_from_slice(extra);
+    run_host(&args)
+}
+
 /// Where a wrapper command is kept among a test host's environment entries.
 const WRAPPER: &str = "test host wrapper";
 

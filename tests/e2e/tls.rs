@@ -39,22 +39,9 @@ fn path_text(path: &Path) -> String {
     path.to_str().expect("a UTF-8 path").to_owned()
 }
 
-/// `tls init` for localhost and 127.0.0.1 in `dir` (as its data folder).
+/// `tls init` in `dir` (as its data folder); it must succeed.
 fn tls_init(dir: &Path, force: bool) -> Pair {
-    let mut args = vec![
-        "--data-dir",
-        dir.to_str().expect("utf-8"),
-        "tls",
-        "init",
-        "--hostname",
-        "localhost",
-        "--ip",
-        "127.0.0.1",
-    ];
-    if force {
-        args.push("--force");
-    }
-    let out = run_host(&args);
+    let out = crate::helpers::tls_init(dir, if force { &["--force"] } else { &[] });
     assert!(
         out.status.success(),
         "tls init: {}{}",

@@ -3,24 +3,9 @@
 
 use std::path::Path;
 
-use crate::helpers::run_host;
+use crate::helpers::{run_host, tls_init};
 
 const FILES: [&str; 4] = ["ca.crt", "ca.key", "server.crt", "server.key"];
-
-fn tls_init(data: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-        "tls",
-        "init",
-        "--hostname",
-        "localhost",
-        "--ip",
-        "127.0.0.1",
-    ];
-    args.extend_from_slice(extra);
-    run_host(&args)
-}
 
 fn contents(tls: &Path) -> Vec<Vec<u8>> {
     FILES
