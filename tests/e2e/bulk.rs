@@ -278,3 +278,51 @@ async fn a_backfill_survives_a_kill_and_completes_without_a_session_imported_twi
     seen.dedup();
     assert_eq!(seen.len(), 40);
 }
+
+#[tokio::test]
+async fn live_events_go_first_while_a_backfill_runs() {
+    let bulk = start("sleep:200").await;
+    let host = &bulk.host;
+    let start = now_s() - 3 * 86_400;
+    let sessions: Vec<(String, i64)> = (0..300)
+        .map(|i| (format!("b{i:03}"), start + i * 60))
+        .collect();
+    let refs: Vec<(&str, i64)> = sessions.iter().map(|(l, t)| (l.as_str(), *t)).collect();
+    write_sessions(&bulk.sessions, &refs);
+    let id = start_backfill(host, bulk.configuration, start, start + 86_400).await;
+    // The backfill is under way: its events are being handled.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while handled(&bulk.record).is_empty() {
+        assert!(Instant::now() < deadline, "the backfill never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = host
+        .post_event(
+            None,
+            &[
+                ("event", "support_conference_end"),
+                ("version", "3"),
+                ("timestamp", &now_s().to_string()),
+                ("lsid", "live"),
+                ("script", "ok"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200);
+    // The live event is done while most of the backfill still waits.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let live = host.events("lsid=live").await;
+        if live.first().is_some_and(|e| e["state"] == "succeeded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the live event waited: {live:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, running) = host.get(&format!("/api/backfills/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(running["state"], "running", "{running}");
+    assert!(running["queued"].as_i64() > Some(100), "{running}");
+    let (status, _) = host.delete(&format!("/api/backfills/{id}")).await;
+    assert_eq!(status, 200);
+}
