@@ -5,6 +5,33 @@ use std::time::Duration;
 
 use plugin_api::{CommonSettings, EventSource, FieldError, Settings};
 
+/// Which Retry ... Event Types list an event's source answers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryGroup {
+    Outbound,
+    Polling,
+}
+
+impl RetryGroup {
+    pub fn of(source: EventSource) -> Self {
+        match source {
+            // Reconciled and backfilled session ends stand in for outbound events.
+            EventSource::Outbound | EventSource::Reconcile | EventSource::Backfill => {
+                Self::Outbound
+            }
+            EventSource::Polling => Self::Polling,
+        }
+    }
+
+    /// As the settings' labels name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Polling => "polling",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventPolicy {
     pub appliance_id: String,
@@ -64,12 +91,9 @@ impl EventPolicy {
 
     /// Whether a failed event of this type and source may be retried at all.
     pub fn retries(&self, source: EventSource, event_type: &str) -> bool {
-        let list = match source {
-            // Reconciled and backfilled session ends stand in for outbound events.
-            EventSource::Outbound | EventSource::Reconcile | EventSource::Backfill => {
-                &self.retry_outbound_event_types
-            }
-            EventSource::Polling => &self.retry_polling_event_types,
+        let list = match RetryGroup::of(source) {
+            RetryGroup::Outbound => &self.retry_outbound_event_types,
+            RetryGroup::Polling => &self.retry_polling_event_types,
         };
         self.retry_attempt_limit > 0 && list.iter().any(|t| t == event_type)
     }

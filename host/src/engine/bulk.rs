@@ -80,22 +80,7 @@ impl Engine {
         if since > now / 1000 {
             return Err(BackfillError::Future);
         }
-        let target = match self.configurations.live().target(configuration_id).await {
-            Some(target) => target,
-            None => {
-                return Err(match self.configurations.get(configuration_id).await {
-                    Ok(configuration) => BackfillError::NotRunning(configuration.name),
-                    Err(_) => BackfillError::NoConfiguration(configuration_id),
-                })
-            }
-        };
-        match &target.runner {
-            None => return Err(BackfillError::NotRunning(target.name)),
-            Some(runner) if !runner.lists_ended_sessions() => {
-                return Err(BackfillError::Unsupported(target.name))
-            }
-            Some(_) => {}
-        }
+        let target = self.listing_target(configuration_id).await?;
         let configuration = configuration_ref(&target);
         // Up to this moment, the current second included.
         let until = until.min(now / 1000 + 1);
@@ -106,6 +91,24 @@ impl Engine {
         tracing::info!(configuration = %target.name, backfill = id, since, until, "backfill started");
         self.bulk_wakeup.notify_one();
         Ok(id)
+    }
+
+    /// The running configuration whose plugin lists ended sessions, or why not:
+    /// what a backfill and a reconciliation asked for now both need.
+    async fn listing_target(&self, configuration_id: i64) -> Result<Target, BackfillError> {
+        let Some(target) = self.configurations.live().target(configuration_id).await else {
+            return Err(match self.configurations.get(configuration_id).await {
+                Ok(configuration) => BackfillError::NotRunning(configuration.name),
+                Err(_) => BackfillError::NoConfiguration(configuration_id),
+            });
+        };
+        match &target.runner {
+            None => Err(BackfillError::NotRunning(target.name)),
+            Some(runner) if !runner.lists_ended_sessions() => {
+                Err(BackfillError::Unsupported(target.name))
+            }
+            Some(_) => Ok(target),
+        }
     }
 
     pub async fn backfill(&self, id: i64) -> Result<BackfillView, StoreError> {
@@ -202,26 +205,10 @@ impl Engine {
         &self,
         configuration_id: i64,
     ) -> Result<(usize, usize), ReconcileError> {
-        let target = match self.configurations.live().target(configuration_id).await {
-            Some(target) => target,
-            None => {
-                return Err(ReconcileError::Cannot(
-                    match self.configurations.get(configuration_id).await {
-                        Ok(configuration) => BackfillError::NotRunning(configuration.name),
-                        Err(_) => BackfillError::NoConfiguration(configuration_id),
-                    },
-                ))
-            }
-        };
-        if !target
-            .runner
-            .as_ref()
-            .is_some_and(|r| r.lists_ended_sessions())
-        {
-            return Err(ReconcileError::Cannot(BackfillError::Unsupported(
-                target.name,
-            )));
-        }
+        let target = self
+            .listing_target(configuration_id)
+            .await
+            .map_err(ReconcileError::Cannot)?;
         let (id, now) = (target.id, now_ms());
         let covered = target.created_at / 1000;
         self.store

@@ -91,12 +91,7 @@ pub fn decide(
         Some(format!(
             "not retried: {} is not among this configuration's retried {} event types",
             attempt.event_type,
-            match attempt.source {
-                EventSource::Outbound | EventSource::Reconcile | EventSource::Backfill => {
-                    "outbound"
-                }
-                EventSource::Polling => "polling",
-            }
+            crate::configurations::policy::RetryGroup::of(attempt.source).name()
         ))
     } else if failures > policy.retry_attempt_limit {
         Some(format!(

@@ -596,16 +596,7 @@ mod tests {
     use crate::store::events::{insert_batch, Routing};
 
     fn store() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        drop(crate::store::Store::open(dir.path()).expect("store"));
-        let conn = Connection::open(dir.path().join(crate::store::DATABASE_FILE)).expect("open");
-        conn.execute(
-            "INSERT INTO configurations (id, plugin, name, settings, secrets, created_at, updated_at)
-             VALUES (1, 'p', 'c1', '{}', '{}', 0, 0)",
-            [],
-        )
-        .expect("configuration");
-        (dir, conn)
+        crate::store::test_connection(&[1])
     }
 
     fn c1() -> ConfigurationRef {

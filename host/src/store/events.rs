@@ -720,20 +720,7 @@ mod tests {
     use super::*;
 
     fn store() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        drop(crate::store::Store::open(dir.path()).expect("store"));
-        let conn = Connection::open(dir.path().join(crate::store::DATABASE_FILE)).expect("open");
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .expect("foreign keys");
-        for id in [1, 2] {
-            conn.execute(
-                "INSERT INTO configurations (id, plugin, name, settings, secrets, created_at, updated_at)
-                 VALUES (?1, 'p', ?2, '{}', '{}', 0, 0)",
-                params![id, format!("c{id}")],
-            )
-            .expect("configuration");
-        }
-        (dir, conn)
+        crate::store::test_connection(&[1, 2])
     }
 
     fn event(lsid: &str, ts: i64) -> NewEvent {

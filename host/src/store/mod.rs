@@ -219,3 +219,23 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
+
+/// For the store's unit tests: a migrated database with foreign keys on and the
+/// configurations `ids` (named `c<id>`).
+#[cfg(test)]
+pub(crate) fn test_connection(ids: &[i64]) -> (tempfile::TempDir, rusqlite::Connection) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(Store::open(dir.path()).expect("store"));
+    let conn = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).expect("open");
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .expect("foreign keys");
+    for id in ids {
+        conn.execute(
+            "INSERT INTO configurations (id, plugin, name, settings, secrets, created_at, updated_at)
+             VALUES (?1, 'p', ?2, '{}', '{}', 0, 0)",
+            rusqlite::params![id, format!("c{id}")],
+        )
+        .expect("configuration");
+    }
+    (dir, conn)
+}
