@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,12 +41,32 @@ pub enum StartError {
         what: &'static str,
         source: rustls::Error,
     },
+    #[error("the key file {key_file} does not open the secrets stored in {store}: every engine on one database needs a copy of the same key file (copy the first engine's, keep it owner-only, and point secret_key_file at it)")]
+    WrongKey { key_file: PathBuf, store: String },
     #[error("cannot listen on {addr} for the {what}: {source}")]
     Listen {
         what: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// Refuses to start with a key file that cannot open the stored secrets (another
+/// engine's database, a key file not copied): better now than a failure per event.
+async fn check_key(store: &Store, secrets: &SecretBox, key_file: &Path) -> Result<(), StartError> {
+    let candidate = secrets.key_check()?;
+    let (kept, sample) = store
+        .call(move |conn| crate::store::cluster::key_check(conn, &candidate))
+        .await?;
+    let sample = sample.as_ref().map(|(l, v)| (l.as_str(), v.as_str()));
+    if secrets.opens(&kept, sample) {
+        Ok(())
+    } else {
+        Err(StartError::WrongKey {
+            key_file: key_file.to_owned(),
+            store: store.location().to_string(),
+        })
+    }
 }
 
 /// One bound address and what it serves.
@@ -91,8 +112,9 @@ impl App {
         if let Some(problem) = &registry.problem {
             tracing::warn!("{problem}; starting with no plugins");
         }
-        let store = Store::open(&settings.data_dir)?;
-        let secrets = SecretBox::open_or_create(&settings.data_dir)?;
+        let store = Store::open_async(&settings.store).await?;
+        let secrets = SecretBox::open_or_create(&settings.secret_key_file)?;
+        check_key(&store, &secrets, &settings.secret_key_file).await?;
         let limits = CallLimits {
             timeout: settings.plugin_call_timeout,
             concurrency: settings.plugin_concurrency,
@@ -179,6 +201,21 @@ impl App {
         );
         let event_router =
             crate::intake::router(Arc::clone(&intake), readiness, settings.client_body_timeout);
+        let scheme = |tls: &Option<Arc<Certificate>>| if tls.is_some() { "https" } else { "http" };
+        let engine_name = settings.engine_name.clone().unwrap_or_else(|| {
+            format!(
+                "{}:{}",
+                crate::engine::cluster::host_name(),
+                events_addr.port()
+            )
+        });
+        engine
+            .register(
+                engine_name,
+                format!("{}://{admin_addr}/", scheme(&admin_tls)),
+                format!("{}://{events_addr}", scheme(&event_tls)),
+            )
+            .await?;
         Ok(Self {
             admin: Address {
                 listener: admin,
@@ -235,6 +272,7 @@ impl App {
                 tracing::info!("stopping: no new events taken; finishing the calls in flight");
                 intake.stop_accepting();
                 engine.drain(grace).await;
+                engine.unregister().await;
                 let _ = closed_tx.send(true);
             })
         };

@@ -38,6 +38,12 @@ enum Command {
         /// The action's name (the admin page lists each plugin's actions)
         action: String,
     },
+    /// The store: `store copy --to postgres://...` copies the embedded store into an
+    /// empty PostgreSQL database.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Certificates for the HTTPS addresses.
     Tls {
         #[command(subcommand)]
@@ -69,6 +75,18 @@ enum PluginsCommand {
     Install {
         /// The plugin's ZIP file
         file: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy the embedded store of the data folder (configurations, sealed secrets,
+    /// history, polling cursors, reconciliation and backfills) into an empty
+    /// PostgreSQL database, for several engines to share. Stop the engine first.
+    Copy {
+        /// The PostgreSQL database: postgres://USER:PASSWORD@HOST:PORT/DATABASE
+        #[arg(long, value_name = "URL")]
+        to: String,
     },
 }
 
@@ -122,6 +140,9 @@ pub fn main() -> ExitCode {
                 },
         } => crate::tls::init::cli(&settings, &hostnames, &ips, force),
         Command::CheckConfig => check_config(&settings, cli.settings.config.as_deref()),
+        Command::Store {
+            command: StoreCommand::Copy { to },
+        } => store_copy(&settings, &to),
         Command::Serve => serve(&settings),
         Command::Action {
             configuration,
@@ -132,6 +153,34 @@ pub fn main() -> ExitCode {
             since,
             until,
         } => crate::backfill_cli::run(&settings, &configuration, since, until),
+    }
+}
+
+/// `store copy --to URL`: prints what it copied, and what to do next.
+fn store_copy(settings: &HostSettings, to: &str) -> ExitCode {
+    let target = match crate::store::PostgresUrl::parse(to) {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("{}", e.replace("database_url", "--to"));
+            return ExitCode::from(2);
+        }
+    };
+    match crate::store::copy::copy(&settings.data_dir, &target) {
+        Ok(copied) => {
+            for (table, rows) in copied {
+                println!("{table:>16}: {rows} rows");
+            }
+            println!("copied {} into {target}", settings.data_dir.display());
+            println!(
+                "next: give every engine database_url = the same URL, and a copy of the key file {} (owner-only) as secret_key_file",
+                settings.secret_key_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("store copy failed, nothing was copied: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -342,9 +391,11 @@ async fn action_report(
     if let Some(problem) = &registry.problem {
         return Err(problem.clone());
     }
-    let store = crate::store::Store::open(&settings.data_dir).map_err(|e| e.to_string())?;
-    let secrets =
-        crate::secrets::SecretBox::open_or_create(&settings.data_dir).map_err(|e| e.to_string())?;
+    let store = crate::store::Store::open_async(&settings.store)
+        .await
+        .map_err(|e| e.to_string())?;
+    let secrets = crate::secrets::SecretBox::open_or_create(&settings.secret_key_file)
+        .map_err(|e| e.to_string())?;
     let limits = crate::plugins::runner::CallLimits {
         timeout: settings.plugin_call_timeout,
         concurrency: settings.plugin_concurrency,

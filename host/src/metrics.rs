@@ -46,6 +46,7 @@ pub struct Metrics {
     reconciliations_failed: AtomicU64,
     reconciled_sessions: AtomicU64,
     backfilled_sessions: AtomicU64,
+    jobs_taken_over: AtomicU64,
 }
 
 impl Metrics {
@@ -64,6 +65,12 @@ impl Metrics {
             &self.polls_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Jobs of an engine that stopped answering, put back in the queue by this one.
+    pub fn taken_over(&self, jobs: usize) {
+        self.jobs_taken_over
+            .fetch_add(jobs as u64, Ordering::Relaxed);
     }
 
     pub fn reconciled(&self, queued: Option<usize>) {
@@ -173,6 +180,16 @@ impl Metrics {
             out,
             "mwe_sessions_queued_total{{source=\"backfill\"}} {}",
             load(&self.backfilled_sessions)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mwe_jobs_taken_over_total Running jobs of engines that stopped answering, queued again by this engine."
+        );
+        let _ = writeln!(out, "# TYPE mwe_jobs_taken_over_total counter");
+        let _ = writeln!(
+            out,
+            "mwe_jobs_taken_over_total {}",
+            load(&self.jobs_taken_over)
         );
         let _ = writeln!(
             out,

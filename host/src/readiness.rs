@@ -28,8 +28,15 @@ impl Readiness {
             return Err("the engine is stopping".into());
         }
         let probe = self.store.call(|conn| {
-            // Takes the write lock and gives it back: what a commit needs first.
-            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK")?;
+            // Takes the lock an event's insert takes first and gives it back:
+            // SQLite's write lock, PostgreSQL's ROW EXCLUSIVE lock on the events
+            // (which waits while another session holds the table locked).
+            conn.execute_batch(match conn.dialect() {
+                crate::store::db::Dialect::Sqlite => "BEGIN IMMEDIATE; ROLLBACK",
+                crate::store::db::Dialect::Postgres => {
+                    "BEGIN; LOCK TABLE events IN ROW EXCLUSIVE MODE; ROLLBACK"
+                }
+            })?;
             Ok(())
         });
         match tokio::time::timeout(WRITE_PROBE, probe).await {

@@ -1,5 +1,8 @@
 //! Secrets at rest: each secret setting is sealed with XChaCha20-Poly1305 under a key
-//! kept in a file of the data folder, created readable by its owner only.
+//! kept in a file (`secret_key_file`, by default in the data folder), created readable
+//! by its owner only. Engines sharing a database hold copies of one key file; the
+//! key check stored beside the secrets (`check`) stops an engine with another key
+//! before it starts.
 //!
 //! The database alone then reveals nothing; the key file and the database together
 //! do, so back them up (and protect them) separately.
@@ -40,9 +43,10 @@ pub struct SecretBox {
 }
 
 impl SecretBox {
-    /// Reads the key file in `data_dir`, creating it on first start.
-    pub fn open_or_create(data_dir: &Path) -> Result<Self, SecretsError> {
-        let path = data_dir.join(KEY_FILE);
+    /// Reads the key file at `path`, creating it (and its folder, owner-only) on first
+    /// start.
+    pub fn open_or_create(path: &Path) -> Result<Self, SecretsError> {
+        let path = path.to_path_buf();
         let key_file_error = |source| SecretsError::KeyFile {
             path: path.clone(),
             source,
@@ -50,6 +54,9 @@ impl SecretBox {
         let key = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    create_private_folder(folder).map_err(key_file_error)?;
+                }
                 let mut key = vec![0u8; KEY_LEN];
                 getrandom::fill(&mut key).map_err(|e| SecretsError::Random(e.to_string()))?;
                 write_private(&path, &key).map_err(key_file_error)?;
@@ -108,6 +115,37 @@ impl SecretBox {
     }
 }
 
+/// What the key check seals: a database holds it sealed by the first engine's key,
+/// and every engine opens it at start.
+const CHECK_LABEL: &str = "key_check";
+const CHECK_TEXT: &str = "middleware-engine secret key check";
+
+impl SecretBox {
+    /// The key check to store when the database has none yet.
+    pub fn key_check(&self) -> Result<String, SecretsError> {
+        self.seal(CHECK_LABEL, CHECK_TEXT)
+    }
+
+    /// Whether this key opens the stored key check and a sample stored secret
+    /// (`label`, sealed value), if there is one.
+    pub fn opens(&self, check: &str, sample: Option<(&str, &str)>) -> bool {
+        self.unseal(CHECK_LABEL, check)
+            .is_ok_and(|t| t == CHECK_TEXT)
+            && sample.is_none_or(|(label, sealed)| self.unseal(label, sealed).is_ok())
+    }
+}
+
+fn create_private_folder(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -140,7 +178,7 @@ mod tests {
     #[test]
     fn sealed_values_round_trip_and_are_bound_to_their_field() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let secrets = SecretBox::open_or_create(dir.path()).expect("key");
+        let secrets = SecretBox::open_or_create(&dir.path().join(KEY_FILE)).expect("key");
         let sealed = secrets.seal("bt_client_secret", "hunter2").expect("seal");
         assert!(!sealed.contains("hunter2"));
         assert_eq!(
@@ -152,7 +190,7 @@ mod tests {
             Err(SecretsError::Undecryptable)
         ));
         // The same key is read back on the next start.
-        let again = SecretBox::open_or_create(dir.path()).expect("key again");
+        let again = SecretBox::open_or_create(&dir.path().join(KEY_FILE)).expect("key again");
         assert_eq!(
             again.unseal("bt_client_secret", &sealed).expect("unseal"),
             "hunter2"
@@ -164,7 +202,7 @@ mod tests {
     fn the_key_file_is_readable_by_its_owner_only() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        SecretBox::open_or_create(dir.path()).expect("key");
+        SecretBox::open_or_create(&dir.path().join(KEY_FILE)).expect("key");
         let mode = std::fs::metadata(dir.path().join(KEY_FILE))
             .expect("meta")
             .permissions()
@@ -176,7 +214,7 @@ mod tests {
     fn a_damaged_key_file_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join(KEY_FILE), b"short").expect("write");
-        let err = SecretBox::open_or_create(dir.path())
+        let err = SecretBox::open_or_create(&dir.path().join(KEY_FILE))
             .err()
             .expect("refused");
         assert!(err.to_string().contains("is damaged"), "{err}");

@@ -654,6 +654,42 @@ settings! {
         default: "data",
         help: "Folder for the host's database and key file, created if missing",
     },
+    database_url {
+        kind: Secret,
+        flag: "database-url",
+        env: "MWE_DATABASE_URL",
+        value_name: "URL",
+        unset: "none (the embedded SQLite store in data_dir)",
+        help: "A postgres:// URL: the PostgreSQL database several engines share (configurations, \
+               queue, history). Every engine on it needs the same secret_key_file. Prefer the \
+               environment variable (the URL may hold a password)",
+    },
+    secret_key_file {
+        kind: Path,
+        flag: "secret-key-file",
+        env: "MWE_SECRET_KEY_FILE",
+        value_name: "FILE",
+        unset: "secret.key in data_dir",
+        help: "Key file that seals the configurations' secrets, created owner-only when missing; \
+               engines sharing a database must each hold a copy of the same file",
+    },
+    engine_name {
+        kind: Text,
+        flag: "engine-name",
+        env: "MWE_ENGINE_NAME",
+        value_name: "NAME",
+        unset: "the host name and the event port",
+        help: "How this engine is named in the list of engines on a shared database",
+    },
+    lease_seconds {
+        kind: Seconds(3),
+        flag: "lease-seconds",
+        env: "MWE_LEASE_SECONDS",
+        value_name: "SECONDS",
+        default: "30",
+        help: "On a shared database: how long an engine that stopped answering keeps the jobs \
+               and the polling it took before another engine takes them over",
+    },
     admin_listen {
         kind: Addr,
         flag: "admin-listen",
@@ -935,6 +971,11 @@ impl std::fmt::Debug for SecretString {
 pub struct HostSettings {
     pub plugins_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// The store: PostgreSQL with `database_url`, else SQLite in the data folder.
+    pub store: crate::store::Location,
+    pub secret_key_file: PathBuf,
+    pub engine_name: Option<String>,
+    pub lease: Duration,
     pub admin_listen: SocketAddr,
     pub event_listen: SocketAddr,
     pub log_level: String,
@@ -1219,9 +1260,25 @@ impl HostSettings {
     /// The trusted type from the merged low-level values (each in its kind's range).
     fn from_low(low: SettingsArgs) -> Result<Self, SettingsError> {
         let secret = |token: Option<String>| token.filter(|t| !t.is_empty()).map(SecretString::new);
+        let data_dir: PathBuf = given(low.data_dir, "data_dir")?;
+        let store = match low.database_url.filter(|u| !u.trim().is_empty()) {
+            Some(url) => crate::store::Location::Postgres(Box::new(
+                crate::store::PostgresUrl::parse(url.trim()).map_err(SettingsError::Invalid)?,
+            )),
+            None => crate::store::Location::Sqlite(data_dir.clone()),
+        };
         Ok(Self {
             plugins_dir: given(low.plugins_dir, "plugins_dir")?,
-            data_dir: given(low.data_dir, "data_dir")?,
+            secret_key_file: low
+                .secret_key_file
+                .unwrap_or_else(|| data_dir.join(crate::secrets::KEY_FILE)),
+            engine_name: low
+                .engine_name
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty()),
+            lease: given(low.lease_seconds, "lease_seconds")?,
+            store,
+            data_dir,
             admin_listen: given(low.admin_listen, "admin_listen")?,
             event_listen: given(low.event_listen, "event_listen")?,
             log_level: given(low.log_level, "log_level")?,
@@ -1554,6 +1611,9 @@ mod tests {
     /// A valid value other than the default, as a flag gives it and as the file does.
     fn sample(setting: &Setting) -> (String, String) {
         let quoted = |s: &str| (s.to_owned(), format!("{s:?}"));
+        if setting.key == "database_url" {
+            return quoted("postgres://engine:sample@db.example.net:5432/middleware");
+        }
         match setting.kind {
             Kind::Path => quoted("/srv/sample"),
             Kind::Addr => quoted("127.0.0.2:4321"),
@@ -1906,6 +1966,8 @@ mod tests {
         let mut defaults = HostSettings::resolve(&SettingsArgs::default()).expect("defaults");
         defaults.plugins_dir = dir.path().join(&defaults.plugins_dir);
         defaults.data_dir = dir.path().join(&defaults.data_dir);
+        defaults.store = crate::store::Location::Sqlite(defaults.data_dir.clone());
+        defaults.secret_key_file = defaults.data_dir.join(crate::secrets::KEY_FILE);
         assert_eq!(from_file, defaults);
     }
 }

@@ -480,3 +480,48 @@ async fn an_admin_backfills_a_range_and_watches_it_finish() {
     assert_eq!(list[1]["state"], "done", "{list}");
     client.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_lists_the_engines_on_the_database_and_one_that_died() {
+    let plugins = crate::helpers::PluginsDir::new();
+    plugins.add("file-sink", "file_sink_plugin");
+    let env = [("MWE_LEASE_SECONDS", "3"), ("MWE_ENGINE_NAME", "engine-a")];
+    let first = crate::helpers::TestHost::start_postgres(&plugins, &env);
+    let mut second = first.join(
+        &plugins,
+        &[("MWE_LEASE_SECONDS", "3"), ("MWE_ENGINE_NAME", "engine-b")],
+    );
+    let profile = tempfile::tempdir().expect("profile");
+    let (_driver, client) = browser(profile.path()).await;
+    client
+        .goto(&format!("{}/", first.admin))
+        .await
+        .expect("page");
+    text_of(&client, "#engines-heading", "Engines on this database").await;
+    text_of(&client, "tr[data-engine='engine-a']", "(this engine)").await;
+    text_of(&client, "tr[data-engine='engine-b']", "Up").await;
+    text_of(&client, "tr[data-engine='engine-b']", "Same as this engine").await;
+    screenshot(&client, "engines").await;
+    // The second engine dies; once its heartbeat is older than the lease, a reload
+    // shows it not answering.
+    second.kill();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        client.refresh().await.expect("reload");
+        let row = find(&client, "tr[data-engine='engine-b']").await;
+        if row
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("Not answering")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead engine still shows as up"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    text_of(&client, "tr[data-engine='engine-a']", "Up").await;
+}

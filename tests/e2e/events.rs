@@ -727,8 +727,7 @@ async fn a_locked_database_gets_503_so_the_appliance_keeps_the_event() {
     let host = TestHost::start(&plugins);
     scripted(&host, "Main", json!({})).await;
     // Another process holds the database's write lock.
-    let blocker = rusqlite::Connection::open(host.database_file()).expect("open");
-    blocker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let blocker = host.lock_store();
     let (status, body) = host.post_event(None, &end_event("m1", "1", "ok")).await;
     assert_eq!(status, 503);
     assert!(
@@ -738,7 +737,7 @@ async fn a_locked_database_gets_503_so_the_appliance_keeps_the_event() {
                 && e.ends_with("the appliance keeps it and sends it again")),
         "{body}"
     );
-    blocker.execute_batch("ROLLBACK").expect("unlock");
+    drop(blocker);
     // The appliance sends it again; now it is stored, once.
     let (status, _) = host.post_event(None, &end_event("m1", "1", "ok")).await;
     assert_eq!(status, 200);
@@ -874,10 +873,6 @@ async fn repeated_kill_9_during_thousands_of_events_loses_none_and_repeats_only_
         repeated <= 3 * 4,
         "{repeated} events ran twice; at most the 4 in flight at each of the 3 kills may"
     );
-    let stored: usize = {
-        let conn = rusqlite::Connection::open(host.database_file()).expect("open");
-        conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
-            .expect("count") as usize
-    };
+    let stored = host.count("SELECT COUNT(*) FROM events") as usize;
     assert_eq!(stored, TOTAL, "each event stored once");
 }

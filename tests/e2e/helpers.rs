@@ -153,17 +153,126 @@ pub fn tls_init(data: &Path, extra: &[&str]) -> Output {
     run_host(&args)
 }
 
+/// The store the end-to-end suites run on: the embedded SQLite (the default) or, with
+/// `MWE_TEST_STORE=postgres`, a fresh PostgreSQL database per test on the server
+/// `MWE_TEST_POSTGRES` names (tests/run.sh runs the suites once on each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("MWE_TEST_STORE").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        Ok("sqlite") | Err(_) => Backend::Sqlite,
+        Ok(other) => panic!("MWE_TEST_STORE is {other:?}: use sqlite or postgres"),
+    }
+}
+
+/// Runs `f` on a thread of its own: the PostgreSQL client blocks, and must not run
+/// on the async test's threads.
+pub fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("a database thread panicked"))
+}
+
+/// A fresh PostgreSQL database, dropped (with its connections) when this is.
+pub struct PostgresDatabase {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+impl PostgresDatabase {
+    pub fn create() -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let admin = std::env::var("MWE_TEST_POSTGRES").expect(
+            "MWE_TEST_POSTGRES is not set: run the tests with `bash tests/run.sh`, which starts \
+             PostgreSQL, or set it to postgres://USER:PASSWORD@HOST:PORT/postgres",
+        );
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("mwe_t_e{}_{n}", std::process::id());
+        blocking(|| {
+            let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+                .expect("connect to MWE_TEST_POSTGRES");
+            client
+                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                .expect("create database");
+        });
+        let at = admin
+            .rfind('/')
+            .expect("MWE_TEST_POSTGRES names a database");
+        let url = format!("{}/{name}", &admin[..at]);
+        Self { admin, name, url }
+    }
+
+    /// Runs `f` with a connection to this database, off the async threads.
+    pub fn with<T: Send>(&self, f: impl FnOnce(&mut postgres::Client) -> T + Send) -> T {
+        blocking(|| {
+            let mut client =
+                postgres::Client::connect(&self.url, postgres::NoTls).expect("connect");
+            f(&mut client)
+        })
+    }
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        blocking(|| {
+            if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+                let _ = client.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.name
+                ));
+            }
+        });
+    }
+}
+
+/// Another connection holding the store's write lock until dropped: SQLite's
+/// exclusive lock, or PostgreSQL's EXCLUSIVE lock on the events table (reads go on,
+/// writes wait).
+pub enum StoreLock {
+    Sqlite(rusqlite::Connection),
+    /// Taken out (and closed off the async threads) when the lock is dropped.
+    Postgres(Option<postgres::Client>),
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        match self {
+            Self::Sqlite(conn) => {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Self::Postgres(client) => {
+                if let Some(mut client) = client.take() {
+                    blocking(move || {
+                        let _ = client.batch_execute("ROLLBACK");
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Where a wrapper command is kept among a test host's environment entries.
 const WRAPPER: &str = "test host wrapper";
 
+/// The database a new test host gets on the suite's backend.
+fn fresh_database() -> Option<std::sync::Arc<PostgresDatabase>> {
+    (backend() == Backend::Postgres).then(|| std::sync::Arc::new(PostgresDatabase::create()))
+}
+
 /// A running `middleware-engine serve`, on random loopback ports, with its own data
-/// folder. Killed when dropped.
+/// folder (and, on PostgreSQL, its database). Killed when dropped.
 pub struct TestHost {
     child: std::process::Child,
     pub admin: String,
     /// The event address' base URL (`http://127.0.0.1:<port>`).
     pub events: String,
     pub data: std::sync::Arc<tempfile::TempDir>,
+    /// The PostgreSQL database, on that backend (shared by the engines of one test).
+    pub database: Option<std::sync::Arc<PostgresDatabase>>,
     plugins_dir: PathBuf,
     extra_env: Vec<(String, String)>,
     log: PathBuf,
@@ -176,7 +285,59 @@ impl TestHost {
         Self::start_with(
             plugins.path(),
             std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+            fresh_database(),
             Vec::new(),
+        )
+    }
+
+    /// Starts a second engine on this one's PostgreSQL database, with its own data
+    /// folder, a copy of this one's key file, and `env`.
+    pub fn join(&self, plugins: &PluginsDir, env: &[(&str, &str)]) -> Self {
+        let database = self
+            .database
+            .clone()
+            .expect("engines share a PostgreSQL database (TestHost::start_postgres)");
+        let data = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+        let key = data.path().join("secret.key");
+        std::fs::copy(self.data.path().join("data").join("secret.key"), &key)
+            .expect("copy the key file");
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        env.push(("MWE_SECRET_KEY_FILE".into(), key.display().to_string()));
+        Self::start_with(plugins.path(), data, Some(database), env)
+    }
+
+    /// Starts the host on the embedded SQLite store whatever the suite's backend.
+    pub fn start_sqlite(plugins: &PluginsDir) -> Self {
+        Self::start_with(
+            plugins.path(),
+            std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+            None,
+            Vec::new(),
+        )
+    }
+
+    /// Starts a new host process on this one's data folder (after this one exited),
+    /// now on `database`.
+    pub fn start_on(&mut self, database: std::sync::Arc<PostgresDatabase>) -> Self {
+        self.database = Some(database);
+        self.start_again()
+    }
+
+    /// Starts the host on a fresh PostgreSQL database whatever the suite's backend
+    /// (for the tests of several engines), with `env`.
+    pub fn start_postgres(plugins: &PluginsDir, env: &[(&str, &str)]) -> Self {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::start_with(
+            plugins.path(),
+            std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+            Some(std::sync::Arc::new(PostgresDatabase::create())),
+            env,
         )
     }
 
@@ -189,6 +350,7 @@ impl TestHost {
         Self::start_with(
             plugins.path(),
             std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+            fresh_database(),
             env,
         )
     }
@@ -204,6 +366,7 @@ impl TestHost {
         Self::start_with(
             plugins.path(),
             std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+            fresh_database(),
             env,
         )
     }
@@ -211,6 +374,7 @@ impl TestHost {
     fn start_with(
         plugins_dir: &Path,
         data: std::sync::Arc<tempfile::TempDir>,
+        database: Option<std::sync::Arc<PostgresDatabase>>,
         extra_env: Vec<(String, String)>,
     ) -> Self {
         use std::io::BufRead;
@@ -262,6 +426,11 @@ impl TestHost {
             .arg(plugins_dir)
             .arg("--data-dir")
             .arg(data.path().join("data"))
+            .args(
+                database
+                    .iter()
+                    .flat_map(|db| ["--database-url".to_owned(), db.url.clone()]),
+            )
             .env_remove("MWE_CONFIG")
             .envs(
                 extra_env
@@ -309,6 +478,7 @@ impl TestHost {
             admin: admin.unwrap_or_default(),
             events: events.unwrap_or_default(),
             data,
+            database,
             plugins_dir: plugins_dir.to_owned(),
             extra_env,
             log,
@@ -328,6 +498,7 @@ impl TestHost {
         Self::start_with(
             &self.plugins_dir.clone(),
             std::sync::Arc::clone(&self.data),
+            self.database.clone(),
             std::mem::take(&mut self.extra_env),
         )
     }
@@ -338,7 +509,8 @@ impl TestHost {
         let _ = self.child.wait();
     }
 
-    /// Runs `middleware-engine <args>` on this host's Plugins and data folders.
+    /// Runs `middleware-engine <args>` on this host's Plugins and data folders (and
+    /// its database).
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(host_binary())
             .args(args)
@@ -346,6 +518,17 @@ impl TestHost {
             .arg(&self.plugins_dir)
             .arg("--data-dir")
             .arg(self.data.path().join("data"))
+            .args(
+                self.database
+                    .iter()
+                    .flat_map(|db| ["--database-url".to_owned(), db.url.clone()]),
+            )
+            .envs(
+                self.extra_env
+                    .iter()
+                    .filter(|(k, _)| k == "MWE_SECRET_KEY_FILE")
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .env_remove("MWE_CONFIG")
             .output()
             .expect("host runs")
@@ -372,6 +555,74 @@ impl TestHost {
 
     pub fn database_file(&self) -> PathBuf {
         self.data.path().join("data").join("engine.sqlite3")
+    }
+
+    /// Holds the store's write lock from another connection until the guard drops.
+    pub fn lock_store(&self) -> StoreLock {
+        match &self.database {
+            None => {
+                let conn = rusqlite::Connection::open(self.database_file()).expect("open");
+                conn.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+                StoreLock::Sqlite(conn)
+            }
+            Some(db) => StoreLock::Postgres(Some(blocking(|| {
+                let mut client =
+                    postgres::Client::connect(&db.url, postgres::NoTls).expect("connect");
+                client
+                    .batch_execute("BEGIN; LOCK TABLE events IN EXCLUSIVE MODE")
+                    .expect("lock");
+                client
+            }))),
+        }
+    }
+
+    /// A number the store answers (`SELECT COUNT(*) ...`), read from another
+    /// connection.
+    pub fn count(&self, sql: &str) -> i64 {
+        match &self.database {
+            None => rusqlite::Connection::open(self.database_file())
+                .expect("open")
+                .query_row(sql, [], |r| r.get(0))
+                .expect("count"),
+            Some(db) => db.with(|c| c.query_one(sql, &[]).expect("count").get(0)),
+        }
+    }
+
+    /// Everything the store holds, as bytes: the SQLite files, or every row of every
+    /// table as text.
+    pub fn store_contents(&self) -> Vec<u8> {
+        match &self.database {
+            None => {
+                let database = self.database_file();
+                let mut bytes = std::fs::read(&database).expect("database file");
+                if let Ok(wal) = std::fs::read(database.with_extension("sqlite3-wal")) {
+                    bytes.extend(wal);
+                }
+                bytes
+            }
+            Some(db) => db.with(|client| {
+                let tables: Vec<String> = client
+                    .query(
+                        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+                        &[],
+                    )
+                    .expect("tables")
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let mut bytes = Vec::new();
+                for table in tables {
+                    for row in client
+                        .query(&format!("SELECT t::text FROM \"{table}\" t"), &[])
+                        .expect("rows")
+                    {
+                        bytes.extend(row.get::<_, String>(0).into_bytes());
+                        bytes.push(b'\n');
+                    }
+                }
+                bytes
+            }),
+        }
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {

@@ -50,35 +50,57 @@ async fn a_restart_on_200_000_stored_events_answers_the_first_event_at_once() {
     host.kill();
     // A long history: 100,000 events finished long ago (past the retention, so the
     // start-up prune has them to remove) and 100,000 recent ones.
-    {
-        let mut db = rusqlite::Connection::open(host.database_file()).expect("database");
-        let tx = db.transaction().expect("transaction");
-        {
-            let mut event = tx
-                .prepare(
+    let now = chrono_ms();
+    match &host.database {
+        None => {
+            let mut db = rusqlite::Connection::open(host.database_file()).expect("database");
+            let tx = db.transaction().expect("transaction");
+            {
+                let mut event = tx
+                    .prepare(
+                        "INSERT INTO events (source, appliance_id, event_type, lsid, timestamp, fields, received_at, dedup_key)
+                         VALUES ('outbound', 'Default', 'support_conference_end', ?1, ?2, '{}', ?3, ?1)",
+                    )
+                    .expect("prepare");
+                let mut job = tx
+                    .prepare(
+                        "INSERT INTO jobs (event_id, source, event_type, lsid, state, attempts, next_attempt_at,
+                                           last_error, received_at, updated_at)
+                         VALUES (?1, 'outbound', 'support_conference_end', ?2, 'ignored', 0, ?3, 'no configuration', ?3, ?3)",
+                    )
+                    .expect("prepare");
+                for i in 0..200_000_i64 {
+                    let at = if i < 100_000 { 1_000 + i } else { now - 1_000 };
+                    let lsid = format!("stored-{i}");
+                    event
+                        .execute(rusqlite::params![lsid, i, at])
+                        .expect("event");
+                    job.execute(rusqlite::params![tx.last_insert_rowid(), lsid, at])
+                        .expect("job");
+                }
+            }
+            tx.commit().expect("commit");
+        }
+        Some(database) => database.with(|client| {
+            client
+                .execute(
                     "INSERT INTO events (source, appliance_id, event_type, lsid, timestamp, fields, received_at, dedup_key)
-                     VALUES ('outbound', 'Default', 'support_conference_end', ?1, ?2, '{}', ?3, ?1)",
+                     SELECT 'outbound', 'Default', 'support_conference_end', 'stored-' || i, i, '{}',
+                            CASE WHEN i < 100000 THEN 1000 + i ELSE $1::bigint - 1000 END, 'stored-' || i
+                     FROM generate_series(0::bigint, 199999::bigint) AS i",
+                    &[&now],
                 )
-                .expect("prepare");
-            let mut job = tx
-                .prepare(
+                .expect("events");
+            client
+                .batch_execute(
                     "INSERT INTO jobs (event_id, source, event_type, lsid, state, attempts, next_attempt_at,
                                        last_error, received_at, updated_at)
-                     VALUES (?1, 'outbound', 'support_conference_end', ?2, 'ignored', 0, ?3, 'no configuration', ?3, ?3)",
+                     SELECT id, 'outbound', 'support_conference_end', lsid, 'ignored', 0, received_at,
+                            'no configuration', received_at, received_at
+                     FROM events",
                 )
-                .expect("prepare");
-            let now = chrono_ms();
-            for i in 0..200_000_i64 {
-                let at = if i < 100_000 { 1_000 + i } else { now - 1_000 };
-                let lsid = format!("stored-{i}");
-                event
-                    .execute(rusqlite::params![lsid, i, at])
-                    .expect("event");
-                job.execute(rusqlite::params![tx.last_insert_rowid(), lsid, at])
-                    .expect("job");
-            }
-        }
-        tx.commit().expect("commit");
+                .expect("jobs");
+        }),
     }
     let started = Instant::now();
     let host = host.start_again();

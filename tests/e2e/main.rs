@@ -5,6 +5,7 @@ mod admin_security;
 mod backfill_api;
 mod browser;
 mod bulk;
+mod cluster;
 mod dynamics;
 mod events;
 mod helpers;

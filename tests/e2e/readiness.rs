@@ -24,8 +24,7 @@ async fn ready_on_both_addresses_and_not_while_the_store_cannot_be_written() {
         );
     }
     // Another process holds the database's write lock.
-    let blocker = rusqlite::Connection::open(host.database_file()).expect("open");
-    blocker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let blocker = host.lock_store();
     let (status, body) = readyz(&host, &host.events).await.expect("answers");
     assert_eq!(status, 503, "{body}");
     assert_eq!(
@@ -40,7 +39,7 @@ async fn ready_on_both_addresses_and_not_while_the_store_cannot_be_written() {
     )
     .await;
     assert_eq!(status, 200, "alive all the same");
-    blocker.execute_batch("ROLLBACK").expect("unlock");
+    drop(blocker);
     let (status, _) = readyz(&host, &host.admin).await.expect("answers");
     assert_eq!(status, 200, "ready again once the store can be written");
 }

@@ -81,6 +81,19 @@ where
 }
 
 /// `GET /api/plugins`: every plugin found, loaded or not, with its declarations.
+/// `GET /api/engines`: every engine on this engine's database (one on the embedded
+/// store), with its heartbeat, the jobs it runs, and how its plugins differ.
+pub async fn list_engines(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let engines = app.engine.engines().await.map_err(ApiError::internal)?;
+    let identity = app.engine.identity();
+    Ok(Json(json!({
+        "store": if app.store.is_shared() { "postgres" } else { "sqlite" },
+        "lease_seconds": identity.lease.as_secs(),
+        "this_engine": identity.id,
+        "engines": engines,
+    })))
+}
+
 pub async fn list_plugins(State(app): State<AppState>) -> Json<Vec<Value>> {
     let registry = app.configurations.registry();
     let plugins = registry

@@ -92,6 +92,7 @@ pub fn router(
             "/backfills/{id}",
             get(backfill_api::get_backfill).delete(backfill_api::cancel_backfill),
         )
+        .route("/engines", get(api::list_engines))
         .route("/events", get(events_api::list_events))
         .route("/events/{id}", get(events_api::get_event))
         .route("/events/{id}/retry", post(events_api::retry_event))

@@ -31,6 +31,8 @@ struct Slot {
     policy: EventPolicy,
     runner: Option<PluginRunner>,
     created_at: i64,
+    /// The stored row's `updated_at` this slot was opened from.
+    updated_at: i64,
 }
 
 /// What the engine needs of one enabled configuration.
@@ -102,9 +104,20 @@ impl Live {
             policy: policy.unwrap_or_else(|_| EventPolicy::inert()),
             runner,
             created_at: config.created_at,
+            updated_at: config.updated_at,
         };
         self.slots.write().await.insert(config.id, slot);
         status
+    }
+
+    /// Each configuration applied, with the `updated_at` it was applied at.
+    pub async fn versions(&self) -> HashMap<i64, i64> {
+        self.slots
+            .read()
+            .await
+            .iter()
+            .map(|(id, slot)| (*id, slot.updated_at))
+            .collect()
     }
 
     /// The enabled configurations an outbound event goes to.

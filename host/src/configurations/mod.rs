@@ -122,6 +122,40 @@ impl Configurations {
         Ok(())
     }
 
+    /// Applies what changed in the store since this engine last looked: configurations
+    /// created, edited, enabled, disabled or deleted by another engine on a shared
+    /// database. Returns how many were applied or removed.
+    pub async fn sync(&self) -> Result<usize, ConfigError> {
+        let stored = self.store.configuration_versions().await?;
+        let applied = self.live.versions().await;
+        let mut changed = 0;
+        for (id, updated_at) in &stored {
+            if applied.get(id) != Some(updated_at) {
+                match self.row(*id).await {
+                    Ok(row) => {
+                        let config = self.decrypt(row);
+                        tracing::info!(configuration = %config.name, "configuration changed on another engine");
+                        self.apply(&config).await;
+                        changed += 1;
+                    }
+                    // Deleted since: the next look removes it.
+                    Err(ConfigError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        for id in applied.keys().filter(|id| !stored.contains_key(id)) {
+            tracing::info!(
+                configuration_id = id,
+                "configuration deleted on another engine"
+            );
+            self.live.remove(*id).await;
+            self.wakeup.configuration_changed(*id);
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
     pub async fn list(&self) -> Result<Vec<Configuration>, ConfigError> {
         let rows = self.store.list_configurations().await?;
         Ok(rows.into_iter().map(|row| self.decrypt(row)).collect())
@@ -208,9 +242,10 @@ impl Configurations {
             settings: row.settings,
             secrets: row.secrets,
         };
-        self.store.update_configuration(id, new).await?;
+        let row = self.store.update_configuration(id, new).await?;
         let config = Configuration {
             disabled,
+            updated_at: row.updated_at,
             ..current
         };
         self.apply(&config).await;

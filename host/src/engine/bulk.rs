@@ -161,6 +161,11 @@ impl Engine {
             // A configuration disabled (or deleted) is forgotten: enabled again, it
             // waits an interval.
             next_run.retain(|id, _| targets.iter().any(|t| t.id == *id));
+            for lease in self.held_of("reconcile:") {
+                if !targets.iter().any(|t| reconcile_lease(t.id) == lease) {
+                    self.let_go(&lease).await;
+                }
+            }
             for target in targets {
                 let Some(interval) = target.policy.reconcile_interval else {
                     continue;
@@ -190,6 +195,23 @@ impl Engine {
                     }
                 };
                 if next <= now {
+                    // One engine reconciles a configuration at a time, and a run another
+                    // engine made counts: the next is one interval after it.
+                    if !self.hold(reconcile_lease(target.id)).await {
+                        continue;
+                    }
+                    let id = target.id;
+                    if let Ok(Some(state)) = self
+                        .store
+                        .read(move |conn| bulk::reconcile_state(conn, id))
+                        .await
+                    {
+                        if state.runs > 0 && state.last_run_at.saturating_add(interval_ms) > now {
+                            next_run
+                                .insert(target.id, state.last_run_at.saturating_add(interval_ms));
+                            continue;
+                        }
+                    }
                     let _ = self.reconcile(&target).await;
                     next_run.insert(target.id, now_ms().saturating_add(interval_ms));
                 }
@@ -300,7 +322,16 @@ impl Engine {
             let mut busy = false;
             match running {
                 Ok(running) => {
+                    for lease in self.held_of("backfill:") {
+                        if !running.iter().any(|b| backfill_lease(b.id) == lease) {
+                            self.let_go(&lease).await;
+                        }
+                    }
                     for backfill in running {
+                        // Each backfill moves on one engine at a time.
+                        if !self.hold(backfill_lease(backfill.id)).await {
+                            continue;
+                        }
                         if not_before
                             .get(&backfill.id)
                             .is_some_and(|at| std::time::Instant::now() < *at)
@@ -419,6 +450,16 @@ impl Engine {
             }
         }
     }
+}
+
+/// The lease of a configuration's reconciliation.
+fn reconcile_lease(configuration_id: i64) -> String {
+    format!("reconcile:{configuration_id}")
+}
+
+/// The lease of one backfill.
+fn backfill_lease(backfill_id: i64) -> String {
+    format!("backfill:{backfill_id}")
 }
 
 /// When a configuration first seen by the loop reconciles (ms): one interval after

@@ -4,6 +4,7 @@
 //! appliances, and prunes old history.
 
 pub mod bulk;
+pub mod cluster;
 mod polling;
 pub mod retry;
 mod wakeup;
@@ -50,6 +51,8 @@ pub struct Engine {
     stopping: AtomicBool,
     /// Wakes the backfill loop when a backfill starts.
     bulk_wakeup: Notify,
+    /// This engine on the database: its id, its leases.
+    identity: cluster::Identity,
 }
 
 #[derive(Default)]
@@ -72,6 +75,7 @@ impl Engine {
         wakeup: Arc<Wakeup>,
         settings: &HostSettings,
     ) -> Arc<Self> {
+        let store_shared = store.is_shared();
         Arc::new(Self {
             store,
             configurations,
@@ -88,6 +92,7 @@ impl Engine {
             idle: Notify::new(),
             stopping: AtomicBool::new(false),
             bulk_wakeup: Notify::new(),
+            identity: cluster::Identity::new(settings.lease, store_shared),
         })
     }
 
@@ -109,12 +114,17 @@ impl Engine {
     }
 
     /// Puts jobs that were running when the engine last stopped back in the queue,
-    /// then starts dispatching, polling and pruning.
+    /// then starts dispatching, polling and pruning. On a shared store the jobs left
+    /// running belong to other engines (or to this one's last run, see `register`):
+    /// they come back when their leases end.
     pub async fn start(self: &Arc<Self>) -> Result<(), crate::store::StoreError> {
-        let recovered = self
-            .store
-            .call(|conn| events::recover(conn, now_ms()))
-            .await?;
+        let recovered = if self.identity.shared {
+            0
+        } else {
+            self.store
+                .call(|conn| events::recover(conn, now_ms()))
+                .await?
+        };
         if recovered > 0 {
             tracing::warn!(
                 jobs = recovered,
@@ -198,9 +208,13 @@ impl Engine {
             let Some(target) = self.slot_for(job.configuration_id, now, false).await else {
                 continue;
             };
+            let (owner, lease_until) = (
+                self.identity.id.clone(),
+                self.identity.lease_until(now_ms()),
+            );
             let claimed = self
                 .store
-                .call(move |conn| events::claim(conn, job.job_id, now_ms()))
+                .call(move |conn| events::claim(conn, job.job_id, &owner, now_ms(), lease_until))
                 .await;
             match claimed {
                 Ok(Some(claimed)) => {
@@ -220,12 +234,16 @@ impl Engine {
             let Some(target) = self.slot_for(configuration_id, now, true).await else {
                 continue;
             };
+            let (owner, lease_until) = (
+                self.identity.id.clone(),
+                self.identity.lease_until(now_ms()),
+            );
             let claimed = self
                 .store
                 .call(move |conn| {
                     let mut claimed = Vec::with_capacity(job_ids.len());
                     for id in job_ids {
-                        if let Some(job) = events::claim(conn, id, now_ms())? {
+                        if let Some(job) = events::claim(conn, id, &owner, now_ms(), lease_until)? {
                             claimed.push(job);
                         }
                     }
@@ -381,13 +399,24 @@ impl Engine {
                 attempt = job.attempt, %state, "{}: {}", error.kind, error.message
             ),
         }
+        let job_id = job.job_id;
         let saved = self
             .store
             .call(move |conn| events::finish(conn, &job, &verdict, now_ms()))
             .await;
-        if let Err(e) = saved {
-            // The job stays 'running' in the store and runs again at the next start.
-            tracing::error!(configuration = %target.name, "cannot record the job's outcome: {e}");
+        match saved {
+            Ok(true) => {}
+            // Cut off past the lease: another engine took the job over and its run is
+            // the one recorded (this call was in flight at the takeover).
+            Ok(false) => tracing::warn!(
+                configuration = %target.name, job = job_id,
+                "this outcome is not recorded: the job's lease ended and another engine took it over"
+            ),
+            // The job stays 'running' in the store and runs again at the next start
+            // (or, on a shared store, when its lease ends).
+            Err(e) => {
+                tracing::error!(configuration = %target.name, "cannot record the job's outcome: {e}")
+            }
         }
     }
 

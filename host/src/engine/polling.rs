@@ -10,7 +10,12 @@ use plugin_api::PollRequest;
 use super::Engine;
 use crate::configurations::Target;
 use crate::store::events::{self, NewEvent, Source};
-use crate::store::now_ms;
+use crate::store::{cluster, now_ms};
+
+/// The lease of a configuration's polling.
+fn poll_lease(configuration_id: i64) -> String {
+    format!("poll:{configuration_id}")
+}
 
 impl Engine {
     pub(super) async fn poll_loop(self: Arc<Self>) {
@@ -20,27 +25,56 @@ impl Engine {
             }
             self.forget_polls_of_changed();
             let now = now_ms();
-            for target in self.configurations.live().pollers().await {
+            let pollers = self.configurations.live().pollers().await;
+            // Polling stopped here (disabled, deleted, no longer polling): another
+            // engine may take it at once.
+            for lease in self.held_of("poll:") {
+                if !pollers.iter().any(|t| poll_lease(t.id) == lease) {
+                    self.let_go(&lease).await;
+                }
+            }
+            for target in pollers {
                 let Some(interval) = target.policy.polls() else {
                     continue;
                 };
+                let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
                 let due = {
-                    let mut state = self.lock();
+                    let state = self.lock();
                     let last = state.last_poll.get(&target.id).copied();
                     // The first poll of a run happens at once; then one per interval.
-                    let due = !state.polling.contains(&target.id)
-                        && last.is_none_or(|last| {
-                            now - last >= i64::try_from(interval.as_millis()).unwrap_or(i64::MAX)
-                        });
-                    if due {
-                        state.polling.insert(target.id);
-                        state.last_poll.insert(target.id, now);
-                    }
-                    due
+                    !state.polling.contains(&target.id)
+                        && last.is_none_or(|last| now - last >= interval_ms)
                 };
-                if due {
-                    tokio::spawn(Arc::clone(&self).poll_once(target));
+                if !due {
+                    continue;
                 }
+                // One engine polls a configuration at a time: the one holding its lease.
+                let lease = poll_lease(target.id);
+                let newly = !self.held_of(&lease).contains(&lease);
+                if !self.hold(lease).await {
+                    continue;
+                }
+                if newly && self.identity.shared {
+                    // Taken over (or first seen here): the interval runs from the last
+                    // poll any engine made.
+                    let id = target.id;
+                    if let Ok((_, Some(last))) = self
+                        .store
+                        .read(move |conn| events::poll_cursor(conn, id))
+                        .await
+                    {
+                        if now - last < interval_ms {
+                            self.lock().last_poll.insert(target.id, last);
+                            continue;
+                        }
+                    }
+                }
+                {
+                    let mut state = self.lock();
+                    state.polling.insert(target.id);
+                    state.last_poll.insert(target.id, now);
+                }
+                tokio::spawn(Arc::clone(&self).poll_once(target));
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -107,11 +141,19 @@ impl Engine {
         let found = events.len();
         let cursor = result.cursor.to_string();
         let name = target.name.clone();
+        let (owner, lease) = (self.identity.id.clone(), poll_lease(id));
         let new = self
             .store
-            .call(move |conn| events::insert_polled(conn, (id, &name), &events, &cursor, now_ms()))
+            .call(move |conn| {
+                // Cut off past the lease, another engine polls now: its cursor stands.
+                if !cluster::holds_lease(conn, &lease, &owner, now_ms())? {
+                    return Ok(None);
+                }
+                events::insert_polled(conn, (id, &name), &events, &cursor, now_ms()).map(Some)
+            })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .ok_or("the polling lease ended during the poll and another engine polls now; what this poll found is left to it")?;
         tracing::info!(configuration = %target.name, found, new, "polled");
         if new > 0 {
             self.wake();

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use super::db::{params, Connection, OptionalExtension, Transaction};
 use plugin_api::EndedSession;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
 use super::events::{dedup_key, insert_one, NewEvent, Routing, Stored};
@@ -56,6 +56,21 @@ fn seen(tx: &Transaction<'_>, configuration_id: i64, lsid: &str) -> Result<Seen,
     } else {
         Seen::Taken
     })
+}
+
+/// Holds the configuration's row until the transaction ends, so that what this one
+/// finds taken or not stays so until it commits: on PostgreSQL another engine's
+/// intake (which takes the row shared) or bulk run waits for it. SQLite serialises
+/// its writers already.
+fn lock_configuration(tx: &Transaction<'_>, configuration_id: i64) -> Result<(), StoreError> {
+    if tx.dialect() == super::db::Dialect::Postgres {
+        tx.query(
+            "SELECT id FROM configurations WHERE id = ?1 FOR UPDATE",
+            params![configuration_id],
+            |r| r.get::<_, i64>(0),
+        )?;
+    }
+    Ok(())
 }
 
 /// Queues one found session for `configuration`; `scope` keeps its key apart from
@@ -117,23 +132,22 @@ pub fn reconcile_state(
     conn: &Connection,
     configuration_id: i64,
 ) -> Result<Option<ReconcileState>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT covered_until, last_run_at, last_found, last_queued, last_error, runs
+    conn.query_row(
+        "SELECT covered_until, last_run_at, last_found, last_queued, last_error, runs
              FROM reconcile_state WHERE configuration_id = ?1",
-            [configuration_id],
-            |r| {
-                Ok(ReconcileState {
-                    covered_until: r.get(0)?,
-                    last_run_at: r.get(1)?,
-                    last_found: r.get(2)?,
-                    last_queued: r.get(3)?,
-                    last_error: r.get(4)?,
-                    runs: r.get(5)?,
-                })
-            },
-        )
-        .optional()?)
+        params![configuration_id],
+        |r| {
+            Ok(ReconcileState {
+                covered_until: r.get(0)?,
+                last_run_at: r.get(1)?,
+                last_found: r.get(2)?,
+                last_queued: r.get(3)?,
+                last_error: r.get(4)?,
+                runs: r.get(5)?,
+            })
+        },
+    )
+    .optional()
 }
 
 /// The state of a configuration seen for the first time: nothing compared before
@@ -145,8 +159,8 @@ pub fn start_reconciling(
     now: i64,
 ) -> Result<ReconcileState, StoreError> {
     conn.execute(
-        "INSERT OR IGNORE INTO reconcile_state (configuration_id, covered_until, last_run_at)
-         VALUES (?1, ?2, ?3)",
+        "INSERT INTO reconcile_state (configuration_id, covered_until, last_run_at)
+         VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
         params![configuration_id, covered_until, now],
     )?;
     reconcile_state(conn, configuration_id)?.ok_or(StoreError::NotFound)
@@ -163,6 +177,7 @@ pub fn record_reconciliation(
     now: i64,
 ) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
+    lock_configuration(&tx, configuration.id)?;
     let scope = configuration.id.to_string();
     let mut queued = 0;
     for session in sessions {
@@ -173,7 +188,7 @@ pub fn record_reconciliation(
         }
     }
     tx.execute(
-        "UPDATE reconcile_state SET covered_until = MAX(covered_until, ?2), last_run_at = ?3,
+        "UPDATE reconcile_state SET covered_until = CASE WHEN covered_until > ?2 THEN covered_until ELSE ?2 END, last_run_at = ?3,
                 last_found = ?4, last_queued = ?5, last_error = NULL, runs = runs + 1
          WHERE configuration_id = ?1",
         params![
@@ -223,18 +238,17 @@ impl BackfillState {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, rusqlite::Error> {
+    fn parse(text: &str) -> Result<Self, StoreError> {
         Ok(match text {
             "running" => Self::Running,
             "done" => Self::Done,
             "failed" => Self::Failed,
             "cancelled" => Self::Cancelled,
             other => {
-                return Err(rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Text,
-                    format!("{other:?} is not a backfill state").into(),
-                ))
+                return Err(StoreError::Column {
+                    index: 6,
+                    message: format!("{other:?} is not a backfill state"),
+                })
             }
         })
     }
@@ -283,9 +297,9 @@ const BACKFILL_COLUMNS: &str =
 
 fn backfill_row(
     conn: &Connection,
-    row: &rusqlite::Row<'_>,
+    row: &super::db::Row<'_>,
     now: i64,
-) -> rusqlite::Result<BackfillView> {
+) -> Result<BackfillView, StoreError> {
     let id: i64 = row.get(0)?;
     let state = BackfillState::parse(&row.get::<_, String>(6)?)?;
     let frozen: (Option<i64>, Option<i64>, Option<i64>) = (row.get(9)?, row.get(10)?, row.get(11)?);
@@ -356,11 +370,11 @@ fn eta(elapsed_ms: i64, listed: f64, finished: i64, queued: i64) -> Option<u64> 
 }
 
 /// Its jobs by outcome: written, skipped, failed, not finished.
-fn job_counts(conn: &Connection, backfill_id: i64) -> rusqlite::Result<(i64, i64, i64, i64)> {
+fn job_counts(conn: &Connection, backfill_id: i64) -> Result<(i64, i64, i64, i64), StoreError> {
     let mut stmt = conn
         .prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE backfill_id = ?1 GROUP BY state")?;
     let mut counts = (0, 0, 0, 0);
-    let rows = stmt.query_map([backfill_id], |r| {
+    let rows = stmt.query_map(params![backfill_id], |r| {
         Ok((r.get::<_, JobState>(0)?, r.get::<_, i64>(1)?))
     })?;
     for row in rows {
@@ -387,13 +401,13 @@ pub fn create_backfill(
          VALUES (?1, ?2, ?3, ?4, ?3, ?5, ?6, ?6)",
         params![configuration.id, configuration.name, since, until, BackfillState::Running.as_str(), now],
     )?;
-    Ok(conn.last_insert_rowid())
+    conn.last_insert_rowid()
 }
 
 pub fn backfill(conn: &Connection, id: i64, now: i64) -> Result<BackfillView, StoreError> {
     conn.query_row(
         &format!("SELECT {BACKFILL_COLUMNS} FROM backfills WHERE id = ?1"),
-        [id],
+        params![id],
         |r| backfill_row(conn, r, now),
     )
     .optional()?
@@ -410,7 +424,7 @@ pub fn backfills_of(
         "SELECT {BACKFILL_COLUMNS} FROM backfills WHERE configuration_id = ?1 ORDER BY id DESC LIMIT 100"
     ))?;
     let rows = stmt
-        .query_map([configuration_id], |r| backfill_row(conn, r, now))?
+        .query_map(params![configuration_id], |r| backfill_row(conn, r, now))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -421,7 +435,7 @@ pub fn running_backfills(conn: &Connection, now: i64) -> Result<Vec<BackfillView
         "SELECT {BACKFILL_COLUMNS} FROM backfills WHERE state = 'running' ORDER BY id"
     ))?;
     let rows = stmt
-        .query_map([], |r| backfill_row(conn, r, now))?
+        .query_map(params![], |r| backfill_row(conn, r, now))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -441,7 +455,7 @@ pub fn record_backfill_chunk(
     let running: bool = tx
         .query_row(
             "SELECT state = 'running' FROM backfills WHERE id = ?1",
-            [backfill_id],
+            params![backfill_id],
             |r| r.get(0),
         )
         .optional()?
@@ -449,6 +463,7 @@ pub fn record_backfill_chunk(
     if !running {
         return Ok((0, 0)); // cancelled meanwhile
     }
+    lock_configuration(&tx, configuration.id)?;
     let scope = format!("{}:{backfill_id}", configuration.id);
     let (mut queued, mut already) = (0, 0);
     for session in sessions {
@@ -488,7 +503,7 @@ pub fn finish_backfill_if_done(
     let listed: bool = tx
         .query_row(
             "SELECT next_from >= until FROM backfills WHERE id = ?1 AND state = 'running'",
-            [id],
+            params![id],
             |r| r.get(0),
         )
         .optional()?
@@ -537,7 +552,7 @@ fn end_backfill(
     let tx = conn.transaction()?;
     let exists = tx
         .prepare_cached("SELECT 1 FROM backfills WHERE id = ?1")?
-        .exists([id])?;
+        .exists(params![id])?;
     if !exists {
         return Err(StoreError::NotFound);
     }
@@ -575,11 +590,11 @@ pub(super) fn forget_configuration(
 ) -> Result<(), StoreError> {
     tx.execute(
         "DELETE FROM reconcile_state WHERE configuration_id = ?1",
-        [configuration_id],
+        params![configuration_id],
     )?;
     tx.execute(
         "DELETE FROM session_ends WHERE configuration_id = ?1",
-        [configuration_id],
+        params![configuration_id],
     )?;
     tx.execute(
         "UPDATE backfills SET state = 'cancelled', error = 'its configuration was deleted',
@@ -594,10 +609,6 @@ pub(super) fn forget_configuration(
 mod tests {
     use super::*;
     use crate::store::events::{insert_batch, Routing};
-
-    fn store() -> (tempfile::TempDir, Connection) {
-        crate::store::test_connection(&[1])
-    }
 
     fn c1() -> ConfigurationRef {
         ConfigurationRef {
@@ -618,95 +629,95 @@ mod tests {
         let mut stmt = conn
             .prepare("SELECT lsid, source, state FROM jobs ORDER BY id")
             .expect("prepare");
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .expect("query")
             .collect::<Result<_, _>>()
             .expect("rows")
     }
 
-    #[test]
-    fn reconciliation_queues_only_the_sessions_never_taken_and_only_once() {
-        let (_dir, mut conn) = store();
-        let delivered = super::super::events::NewEvent {
-            source: Source::Outbound,
-            appliance_id: "Default".into(),
-            event_type: SESSION_END.into(),
-            lsid: Some("a".into()),
-            timestamp: 100,
-            fields: BTreeMap::new(),
-            dedup_key: Some("a".into()),
-        };
-        insert_batch(
-            &mut conn,
-            &[(delivered, Routing::To(vec![(1, "c1".into())]))],
-            0,
-        )
-        .expect("insert");
-        start_reconciling(&conn, 1, 50, 0).expect("state");
-        let found = [ended("a"), ended("b")];
-        assert_eq!(
-            record_reconciliation(&mut conn, &c1(), &found, 200, 1).expect("run"),
-            1
-        );
-        assert_eq!(
-            record_reconciliation(&mut conn, &c1(), &found, 300, 2).expect("run"),
-            0
-        );
-        assert_eq!(
-            states(&conn),
-            vec![
-                ("a".into(), Source::Outbound, JobState::Pending),
-                ("b".into(), Source::Reconcile, JobState::Pending)
-            ]
-        );
-        let state = reconcile_state(&conn, 1).expect("read").expect("state");
-        assert_eq!(
-            (
-                state.covered_until,
-                state.runs,
-                state.last_found,
-                state.last_queued
-            ),
-            (300, 2, 2, 0)
-        );
+    crate::store::on_both_stores! {
+        fn reconciliation_queues_only_the_sessions_never_taken_and_only_once(conn) {
+            let delivered = crate::store::events::NewEvent {
+                source: Source::Outbound,
+                appliance_id: "Default".into(),
+                event_type: SESSION_END.into(),
+                lsid: Some("a".into()),
+                timestamp: 100,
+                fields: BTreeMap::new(),
+                dedup_key: Some("a".into()),
+            };
+            insert_batch(
+                &mut conn,
+                &[(delivered, Routing::To(vec![(1, "c1".into())]))],
+                0,
+            )
+            .expect("insert");
+            start_reconciling(&conn, 1, 50, 0).expect("state");
+            let found = [ended("a"), ended("b")];
+            assert_eq!(
+                record_reconciliation(&mut conn, &c1(), &found, 200, 1).expect("run"),
+                1
+            );
+            assert_eq!(
+                record_reconciliation(&mut conn, &c1(), &found, 300, 2).expect("run"),
+                0
+            );
+            assert_eq!(
+                states(&conn),
+                vec![
+                    ("a".into(), Source::Outbound, JobState::Pending),
+                    ("b".into(), Source::Reconcile, JobState::Pending)
+                ]
+            );
+            let state = reconcile_state(&conn, 1).expect("read").expect("state");
+            assert_eq!(
+                (
+                    state.covered_until,
+                    state.runs,
+                    state.last_found,
+                    state.last_queued
+                ),
+                (300, 2, 2, 0)
+            );
+        }
     }
 
-    #[test]
-    fn a_backfill_counts_what_was_taken_and_a_cancel_fails_its_waiting_events() {
-        let (_dir, mut conn) = store();
-        start_reconciling(&conn, 1, 0, 0).expect("state");
-        record_reconciliation(&mut conn, &c1(), &[ended("old")], 10, 0).expect("run");
-        let id = create_backfill(&conn, &c1(), 0, 1_000, 0).expect("create");
-        let chunk = [ended("old"), ended("new1"), ended("new2")];
-        assert_eq!(
-            record_backfill_chunk(&mut conn, id, &c1(), &chunk, 500, 1).expect("chunk"),
-            (2, 1)
-        );
-        let view = backfill(&conn, id, 2).expect("view");
-        assert_eq!((view.found, view.already_imported, view.queued), (3, 1, 2));
-        assert!(!view.is_listed());
-        assert!(
-            !finish_backfill_if_done(&mut conn, id, 3).expect("finish"),
-            "not listed yet"
-        );
-        assert!(cancel_backfill(&mut conn, id, 4).expect("cancel"));
-        assert!(
-            !cancel_backfill(&mut conn, id, 5).expect("cancel"),
-            "already ended"
-        );
-        let view = backfill(&conn, id, 6).expect("view");
-        assert_eq!(view.state, BackfillState::Cancelled);
-        assert_eq!((view.failed, view.queued), (2, 0));
-        // A chunk arriving after the cancel writes nothing.
-        assert_eq!(
-            record_backfill_chunk(&mut conn, id, &c1(), &[ended("late")], 1_000, 7).expect("chunk"),
-            (0, 0)
-        );
-        // A later backfill queues the failed ones again, not the one taken.
-        let again = create_backfill(&conn, &c1(), 0, 1_000, 8).expect("create");
-        assert_eq!(
-            record_backfill_chunk(&mut conn, again, &c1(), &chunk, 1_000, 9).expect("chunk"),
-            (2, 1)
-        );
+    crate::store::on_both_stores! {
+        fn a_backfill_counts_what_was_taken_and_a_cancel_fails_its_waiting_events(conn) {
+            start_reconciling(&conn, 1, 0, 0).expect("state");
+            record_reconciliation(&mut conn, &c1(), &[ended("old")], 10, 0).expect("run");
+            let id = create_backfill(&conn, &c1(), 0, 1_000, 0).expect("create");
+            let chunk = [ended("old"), ended("new1"), ended("new2")];
+            assert_eq!(
+                record_backfill_chunk(&mut conn, id, &c1(), &chunk, 500, 1).expect("chunk"),
+                (2, 1)
+            );
+            let view = backfill(&conn, id, 2).expect("view");
+            assert_eq!((view.found, view.already_imported, view.queued), (3, 1, 2));
+            assert!(!view.is_listed());
+            assert!(
+                !finish_backfill_if_done(&mut conn, id, 3).expect("finish"),
+                "not listed yet"
+            );
+            assert!(cancel_backfill(&mut conn, id, 4).expect("cancel"));
+            assert!(
+                !cancel_backfill(&mut conn, id, 5).expect("cancel"),
+                "already ended"
+            );
+            let view = backfill(&conn, id, 6).expect("view");
+            assert_eq!(view.state, BackfillState::Cancelled);
+            assert_eq!((view.failed, view.queued), (2, 0));
+            // A chunk arriving after the cancel writes nothing.
+            assert_eq!(
+                record_backfill_chunk(&mut conn, id, &c1(), &[ended("late")], 1_000, 7).expect("chunk"),
+                (0, 0)
+            );
+            // A later backfill queues the failed ones again, not the one taken.
+            let again = create_backfill(&conn, &c1(), 0, 1_000, 8).expect("create");
+            assert_eq!(
+                record_backfill_chunk(&mut conn, again, &c1(), &chunk, 1_000, 9).expect("chunk"),
+                (2, 1)
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::db::{params, Connection, OptionalExtension, Row};
 use serde_json::{Map, Value};
 
 use super::{now_ms, Store, StoreError};
@@ -44,17 +44,19 @@ pub struct NewConfiguration {
 
 const COLUMNS: &str = "id, plugin, name, disabled, settings, secrets, created_at, updated_at";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<ConfigurationRow> {
-    let json_column = |index: usize| -> rusqlite::Result<String> { row.get(index) };
-    let settings: Map<String, Value> = serde_json::from_str(&json_column(4)?).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
-    })?;
+fn from_row(row: &Row<'_>) -> Result<ConfigurationRow, StoreError> {
+    let id: i64 = row.get(0)?;
+    let json_column = |index: usize| -> Result<String, StoreError> { row.get(index) };
+    let corrupt = |what: &str| {
+        let what = format!("the {what} of configuration {id}");
+        move |source| StoreError::Corrupt { what, source }
+    };
+    let settings: Map<String, Value> =
+        serde_json::from_str(&json_column(4)?).map_err(corrupt("settings"))?;
     let secrets: BTreeMap<String, String> =
-        serde_json::from_str(&json_column(5)?).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e))
-        })?;
+        serde_json::from_str(&json_column(5)?).map_err(corrupt("secrets"))?;
     Ok(ConfigurationRow {
-        id: row.get(0)?,
+        id,
         plugin: row.get(1)?,
         name: row.get(2)?,
         disabled: row.get(3)?,
@@ -65,16 +67,13 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<ConfigurationRow> {
     })
 }
 
-fn unique_violation(e: rusqlite::Error, name: &str) -> StoreError {
-    match &e {
-        rusqlite::Error::SqliteFailure(code, _)
-            if code.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
-        {
-            StoreError::DuplicateName {
-                name: name.to_owned(),
-            }
+fn unique_violation(e: StoreError, name: &str) -> StoreError {
+    if e.is_unique_violation() {
+        StoreError::DuplicateName {
+            name: name.to_owned(),
         }
-        _ => StoreError::Sqlite(e),
+    } else {
+        e
     }
 }
 
@@ -86,7 +85,7 @@ fn json(value: &impl serde::Serialize) -> String {
 pub(crate) fn get(conn: &Connection, id: i64) -> Result<ConfigurationRow, StoreError> {
     conn.query_row(
         &format!("SELECT {COLUMNS} FROM configurations WHERE id = ?1"),
-        [id],
+        params![id],
         from_row,
     )
     .optional()?
@@ -97,12 +96,27 @@ impl Store {
     pub async fn list_configurations(&self) -> Result<Vec<ConfigurationRow>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare(&format!(
-                "SELECT {COLUMNS} FROM configurations ORDER BY plugin, name COLLATE NOCASE, id"
+                "SELECT {COLUMNS} FROM configurations ORDER BY plugin, lower(name), id"
             ))?;
             let rows = stmt
-                .query_map([], from_row)?
+                .query_map(params![], from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    /// Every configuration's id and `updated_at`: what changed since a look.
+    pub async fn configuration_versions(
+        &self,
+    ) -> Result<std::collections::HashMap<i64, i64>, StoreError> {
+        self.read(|conn| {
+            let rows = conn.query(
+                "SELECT id, updated_at FROM configurations",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(rows.into_iter().collect())
         })
         .await
     }
@@ -123,7 +137,7 @@ impl Store {
                 params![new.plugin, new.name, new.disabled, json(&new.settings), json(&new.secrets), now],
             )
             .map_err(|e| unique_violation(e, &new.name))?;
-            get(conn, conn.last_insert_rowid())
+            get(conn, conn.last_insert_rowid()?)
         })
         .await
     }

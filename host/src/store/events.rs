@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use super::db::{params, params_from_iter, Connection, OptionalExtension, Row, Transaction, Value};
 use serde::Serialize;
 
 pub use super::kinds::{AttemptOutcome, JobState, Source};
@@ -73,34 +73,41 @@ pub(super) fn insert_one(
     if inserted == 0 {
         let event_id = tx.query_row(
             "SELECT id FROM events WHERE dedup_key = ?1",
-            [&event.dedup_key],
+            params![&event.dedup_key],
             |r| r.get(0),
         )?;
         return Ok(Stored::Duplicate { event_id });
     }
-    let event_id = tx.last_insert_rowid();
+    let event_id = tx.last_insert_rowid()?;
     let mut job = tx.prepare_cached(
         "INSERT INTO jobs (event_id, configuration_id, configuration_name, source, event_type, lsid, state,
                            next_attempt_at, last_error, received_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?8, ?8)",
     )?;
     // A configuration deleted after the event was routed but before this commit takes
-    // no job: the delete and this insert are serialised, so its jobs are either
-    // failed by the delete or never written.
-    let mut exists = tx.prepare_cached("SELECT 1 FROM configurations WHERE id = ?1")?;
+    // no job: the delete and this insert are serialised (SQLite has one writer;
+    // PostgreSQL's row lock below), so its jobs are either failed by the delete or
+    // never written.
+    // On PostgreSQL the row is taken shared until the commit: a delete (or another
+    // engine's bulk run, see `bulk`) waits for this batch, or this batch for it.
+    let exists_sql = format!(
+        "SELECT 1 FROM configurations WHERE id = ?1{}",
+        tx.dialect().for_share()
+    );
+    let mut exists = tx.prepare_cached(&exists_sql)?;
     // Every session end a configuration takes is remembered (see `bulk`).
     let session_end = event
         .lsid
         .as_deref()
         .filter(|_| event.event_type == super::bulk::SESSION_END);
     let mut remember = tx.prepare_cached(
-        "INSERT OR IGNORE INTO session_ends (configuration_id, lsid) VALUES (?1, ?2)",
+        "INSERT INTO session_ends (configuration_id, lsid) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
     )?;
     let mut jobs = 0;
     let mut deleted = Vec::new();
     if let Routing::To(targets) = routing {
         for (id, name) in targets {
-            if exists.exists([id])? {
+            if exists.exists(params![id])? {
                 job.execute(params![
                     event_id,
                     id,
@@ -193,7 +200,7 @@ pub fn poll_cursor(
     Ok(conn
         .query_row(
             "SELECT cursor, last_poll_at FROM poll_cursors WHERE configuration_id = ?1",
-            [configuration_id],
+            params![configuration_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?
@@ -248,17 +255,19 @@ pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<Due>, StoreE
 
 /// When the next waiting job falls due (ms), if any.
 pub fn next_due_at(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    Ok(conn.query_row(
+    conn.query_row(
         &format!("SELECT MIN(next_attempt_at) FROM jobs WHERE state IN {WAITING_SQL} AND configuration_id IS NOT NULL"),
-        [],
+        params![],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// A job taken to run, with its event.
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub job_id: i64,
+    /// The engine whose lease it runs under.
+    pub owner: String,
     pub attempt_id: i64,
     pub attempt: u32,
     pub failures: u32,
@@ -271,16 +280,26 @@ pub struct Claimed {
     pub fields: BTreeMap<String, String>,
 }
 
-/// Marks a due job running and opens its attempt; `None` if another worker got it,
-/// or if its stored event cannot be read (the job then fails, saying why).
-pub fn claim(conn: &mut Connection, job_id: i64, now: i64) -> Result<Option<Claimed>, StoreError> {
+/// Marks a due job running, leased by `owner` until `lease_until` (ms), and opens its
+/// attempt; `None` if another worker (or engine) got it, or if its stored event cannot
+/// be read (the job then fails, saying why).
+pub fn claim(
+    conn: &mut Connection,
+    job_id: i64,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+) -> Result<Option<Claimed>, StoreError> {
     let tx = conn.transaction()?;
+    // A job another engine is taking this instant is passed over, not waited for.
     let changed = tx.execute(
         &format!(
-            "UPDATE jobs SET state = ?3, attempts = attempts + 1, updated_at = ?2
-             WHERE id = ?1 AND state IN {WAITING_SQL}"
+            "UPDATE jobs SET state = ?3, attempts = attempts + 1, updated_at = ?2,
+                    lease_owner = ?4, lease_until = ?5
+             WHERE id = (SELECT id FROM jobs WHERE id = ?1 AND state IN {WAITING_SQL}{})",
+            tx.dialect().skip_locked()
         ),
-        params![job_id, now, JobState::Running],
+        params![job_id, now, JobState::Running, owner, lease_until],
     )?;
     if changed == 0 {
         return Ok(None);
@@ -288,11 +307,12 @@ pub fn claim(conn: &mut Connection, job_id: i64, now: i64) -> Result<Option<Clai
     let (mut claimed, fields) = tx.query_row(
         "SELECT j.id, j.attempts, j.failures, e.id, e.source, e.appliance_id, e.event_type, e.lsid, e.timestamp, e.fields
          FROM jobs j JOIN events e ON e.id = j.event_id WHERE j.id = ?1",
-        [job_id],
+        params![job_id],
         |r| {
             Ok((
                 Claimed {
                     job_id: r.get(0)?,
+                    owner: owner.to_owned(),
                     attempt_id: 0,
                     attempt: r.get(1)?,
                     failures: r.get(2)?,
@@ -326,7 +346,7 @@ pub fn claim(conn: &mut Connection, job_id: i64, now: i64) -> Result<Option<Clai
         "INSERT INTO attempts (job_id, number, started_at, outcome) VALUES (?1, ?2, ?3, ?4)",
         params![job_id, claimed.attempt, now, AttemptOutcome::Running],
     )?;
-    claimed.attempt_id = tx.last_insert_rowid();
+    claimed.attempt_id = tx.last_insert_rowid()?;
     tx.commit()?;
     Ok(Some(claimed))
 }
@@ -386,13 +406,15 @@ impl Verdict {
     }
 }
 
-/// Records how an attempt ended and what becomes of its job.
+/// Records how an attempt ended and what becomes of its job. False, and nothing
+/// written, when the job is no longer this run's: its lease ended (the engine was cut
+/// off) and another engine took it over.
 pub fn finish(
     conn: &mut Connection,
     claimed: &Claimed,
     verdict: &Verdict,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let (outcome, result, next_attempt_at, failure, uncount) = match verdict {
         Verdict::Succeeded { detail } => (AttemptOutcome::Succeeded, Some(detail), now, 0, 0),
         Verdict::Skipped { reason } => (AttemptOutcome::Skipped, Some(reason), now, 0, 0),
@@ -402,6 +424,26 @@ pub fn finish(
     };
     let error = verdict.error();
     let tx = conn.transaction()?;
+    let changed = tx.execute(
+        "UPDATE jobs SET state = ?2, next_attempt_at = ?3, result = ?4, last_error = ?5,
+                failures = failures + ?6, attempts = attempts - ?7, updated_at = ?8,
+                lease_owner = NULL, lease_until = NULL
+         WHERE id = ?1 AND state = 'running' AND lease_owner = ?9",
+        params![
+            claimed.job_id,
+            verdict.state(),
+            next_attempt_at,
+            result,
+            error.map(|e| &e.message),
+            failure,
+            uncount,
+            now,
+            claimed.owner
+        ],
+    )?;
+    if changed == 0 {
+        return Ok(false);
+    }
     tx.execute(
         "UPDATE attempts SET finished_at = ?2, outcome = ?3, error_kind = ?4, message = COALESCE(?5, ?6) WHERE id = ?1",
         params![
@@ -413,23 +455,8 @@ pub fn finish(
             result
         ],
     )?;
-    tx.execute(
-        "UPDATE jobs SET state = ?2, next_attempt_at = ?3, result = ?4, last_error = ?5,
-                failures = failures + ?6, attempts = attempts - ?7, updated_at = ?8
-         WHERE id = ?1",
-        params![
-            claimed.job_id,
-            verdict.state(),
-            next_attempt_at,
-            result,
-            error.map(|e| &e.message),
-            failure,
-            uncount,
-            now
-        ],
-    )?;
     tx.commit()?;
-    Ok(())
+    Ok(true)
 }
 
 /// After a crash or restart: jobs that were running run again.
@@ -442,7 +469,8 @@ pub fn recover(conn: &mut Connection, now: i64) -> Result<usize, StoreError> {
         params![now, AttemptOutcome::Interrupted],
     )?;
     let jobs = tx.execute(
-        "UPDATE jobs SET state = ?2, next_attempt_at = ?1, updated_at = ?1 WHERE state = ?3",
+        "UPDATE jobs SET state = ?2, next_attempt_at = ?1, updated_at = ?1, lease_owner = NULL, lease_until = NULL
+         WHERE state = ?3",
         params![now, JobState::Pending, JobState::Running],
     )?;
     tx.commit()?;
@@ -461,7 +489,7 @@ pub fn delete_configuration(
     let tx = conn.transaction()?;
     if tx.execute(
         "DELETE FROM configurations WHERE id = ?1",
-        [configuration_id],
+        params![configuration_id],
     )? == 0
     {
         return Err(StoreError::NotFound);
@@ -475,7 +503,7 @@ pub fn delete_configuration(
     )?;
     tx.execute(
         "DELETE FROM poll_cursors WHERE configuration_id = ?1",
-        [configuration_id],
+        params![configuration_id],
     )?;
     super::bulk::forget_configuration(&tx, configuration_id, now)?;
     tx.commit()?;
@@ -515,7 +543,7 @@ pub struct AttemptView {
 const VIEW_COLUMNS: &str = "j.id, j.event_id, j.configuration_id, j.configuration_name, j.source, e.appliance_id,
     j.event_type, j.lsid, j.state, j.attempts, j.last_error, j.result, j.next_attempt_at, j.received_at, j.updated_at";
 
-fn view(r: &Row<'_>) -> rusqlite::Result<JobView> {
+fn view(r: &Row<'_>) -> Result<JobView, StoreError> {
     let state: JobState = r.get(8)?;
     let next: i64 = r.get(12)?;
     Ok(JobView {
@@ -547,10 +575,10 @@ pub struct Filter {
     pub limit: usize,
 }
 
-fn list_query(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
+fn list_query(filter: &Filter) -> (String, Vec<Value>) {
     let mut sql =
         format!("SELECT {VIEW_COLUMNS} FROM jobs j JOIN events e ON e.id = j.event_id WHERE 1 = 1");
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut args: Vec<Value> = Vec::new();
     if let Some(id) = filter.configuration_id {
         args.push(id.into());
         sql.push_str(&format!(" AND j.configuration_id = ?{}", args.len()));
@@ -581,7 +609,7 @@ pub fn list(conn: &Connection, filter: &Filter) -> Result<Vec<JobView>, StoreErr
     let (sql, args) = list_query(filter);
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt
-        .query_map(rusqlite::params_from_iter(args), view)?
+        .query_map(&params_from_iter(&args), view)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -590,7 +618,7 @@ pub fn get(conn: &Connection, id: i64) -> Result<(JobView, Vec<AttemptView>), St
     let job = conn
         .query_row(
             &format!("SELECT {VIEW_COLUMNS} FROM jobs j JOIN events e ON e.id = j.event_id WHERE j.id = ?1"),
-            [id],
+            params![id],
             view,
         )
         .optional()?
@@ -599,7 +627,7 @@ pub fn get(conn: &Connection, id: i64) -> Result<(JobView, Vec<AttemptView>), St
         "SELECT number, started_at, finished_at, outcome, error_kind, message FROM attempts WHERE job_id = ?1 ORDER BY id",
     )?;
     let attempts = stmt
-        .query_map([id], |r| {
+        .query_map(params![id], |r| {
             Ok(AttemptView {
                 number: r.get(0)?,
                 started_at: r.get(1)?,
@@ -618,10 +646,11 @@ pub fn event_fields(
     conn: &Connection,
     event_id: i64,
 ) -> Result<BTreeMap<String, String>, StoreError> {
-    let fields: String =
-        conn.query_row("SELECT fields FROM events WHERE id = ?1", [event_id], |r| {
-            r.get(0)
-        })?;
+    let fields: String = conn.query_row(
+        "SELECT fields FROM events WHERE id = ?1",
+        params![event_id],
+        |r| r.get(0),
+    )?;
     serde_json::from_str(&fields).map_err(|source| StoreError::Corrupt {
         what: format!("the fields of event {event_id}"),
         source,
@@ -643,7 +672,7 @@ pub fn retry(conn: &Connection, id: i64, now: i64) -> Result<Result<(), NotRetri
         .query_row(
             "SELECT j.state, EXISTS (SELECT 1 FROM configurations c WHERE c.id = j.configuration_id)
              FROM jobs j WHERE j.id = ?1",
-            [id],
+            params![id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
@@ -679,12 +708,11 @@ pub fn prune_step(conn: &mut Connection, before: i64, limit: usize) -> Result<us
              WHERE state IN {FINISHED_SQL} AND updated_at < ?1
              ORDER BY updated_at LIMIT ?2"
         ))?;
-        let rows = stmt
-            .query_map(params![before, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows
+
+        stmt.query_map(params![before, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?
     };
     {
         let mut delete_job = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
@@ -692,13 +720,13 @@ pub fn prune_step(conn: &mut Connection, before: i64, limit: usize) -> Result<us
             "DELETE FROM events WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM jobs WHERE event_id = ?1)",
         )?;
         for (job_id, _) in &due {
-            delete_job.execute([job_id])?;
+            delete_job.execute(params![job_id])?;
         }
         let mut events: Vec<i64> = due.iter().map(|(_, event)| *event).collect();
         events.sort_unstable();
         events.dedup();
         for event_id in events {
-            delete_event.execute([event_id])?;
+            delete_event.execute(params![event_id])?;
         }
     }
     tx.commit()?;
@@ -709,7 +737,7 @@ pub fn prune_step(conn: &mut Connection, before: i64, limit: usize) -> Result<us
 pub fn counts_by_state(conn: &Connection) -> Result<Vec<(JobState, i64)>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
     let mut rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
     rows.sort();
     Ok(rows)
@@ -719,8 +747,8 @@ pub fn counts_by_state(conn: &Connection) -> Result<Vec<(JobState, i64)>, StoreE
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Connection) {
-        crate::store::test_connection(&[1, 2])
+    fn store() -> (crate::store::testing::Guard, Connection) {
+        crate::store::testing::connection(crate::store::testing::Backend::Sqlite, &[1, 2])
     }
 
     fn event(lsid: &str, ts: i64) -> NewEvent {
@@ -739,173 +767,172 @@ mod tests {
         Routing::To(vec![(config, format!("c{config}"))])
     }
 
-    #[test]
-    fn a_batch_is_stored_with_its_jobs_and_a_redelivery_once() {
-        let (_dir, mut conn) = store();
-        let stored = insert_batch(
-            &mut conn,
-            &[
-                (event("a", 1), to(1)),
-                (event("a", 1), to(1)),
-                (event("b", 1), Routing::Ignored("none".into())),
-            ],
-            10,
-        )
-        .expect("stored");
-        assert_eq!(
-            stored[0],
-            Stored::New {
-                event_id: 1,
-                jobs: 1
-            }
-        );
-        assert_eq!(stored[1], Stored::Duplicate { event_id: 1 });
-        assert_eq!(
-            stored[2],
-            Stored::New {
-                event_id: 2,
-                jobs: 0
-            }
-        );
-        let counts = counts_by_state(&conn).expect("counts");
-        assert_eq!(counts, vec![(JobState::Pending, 1), (JobState::Ignored, 1)]);
+    crate::store::on_both_stores! {
+        fn a_batch_is_stored_with_its_jobs_and_a_redelivery_once(conn) {
+            let stored = insert_batch(
+                &mut conn,
+                &[
+                    (event("a", 1), to(1)),
+                    (event("a", 1), to(1)),
+                    (event("b", 1), Routing::Ignored("none".into())),
+                ],
+                10,
+            )
+            .expect("stored");
+            assert_eq!(
+                stored[0],
+                Stored::New {
+                    event_id: 1,
+                    jobs: 1
+                }
+            );
+            assert_eq!(stored[1], Stored::Duplicate { event_id: 1 });
+            // PostgreSQL spends an id on the refused duplicate; SQLite does not.
+            assert!(
+                matches!(stored[2], Stored::New { event_id, jobs: 0 } if event_id > 1),
+                "{:?}",
+                stored[2]
+            );
+            let counts = counts_by_state(&conn).expect("counts");
+            assert_eq!(counts, vec![(JobState::Pending, 1), (JobState::Ignored, 1)]);
+        }
     }
 
-    #[test]
-    fn a_sessions_later_job_waits_for_the_earlier_one() {
-        let (_dir, mut conn) = store();
-        insert_batch(
-            &mut conn,
-            &[
-                (event("s", 1), to(1)),
-                (event("s", 2), to(1)),
-                (event("t", 1), to(1)),
-                (event("s", 3), to(2)),
-            ],
-            10,
-        )
-        .expect("stored");
-        let ids = |due: Vec<Due>| due.iter().map(|d| d.job_id).collect::<Vec<_>>();
-        assert_eq!(
-            ids(due(&conn, 10, 10).expect("due")),
-            vec![1, 3, 4],
-            "job 2 waits for job 1; another configuration does not"
-        );
-        let claimed = claim(&mut conn, 1, 11).expect("claim").expect("claimed");
-        assert_eq!(
-            ids(due(&conn, 11, 10).expect("due")),
-            vec![3, 4],
-            "still waiting while job 1 runs"
-        );
-        let done = Verdict::Succeeded {
-            detail: "ok".into(),
-        };
-        finish(&mut conn, &claimed, &done, 12).expect("finish");
-        assert_eq!(ids(due(&conn, 12, 10).expect("due")), vec![2, 3, 4]);
+    crate::store::on_both_stores! {
+        fn a_sessions_later_job_waits_for_the_earlier_one(conn) {
+            insert_batch(
+                &mut conn,
+                &[
+                    (event("s", 1), to(1)),
+                    (event("s", 2), to(1)),
+                    (event("t", 1), to(1)),
+                    (event("s", 3), to(2)),
+                ],
+                10,
+            )
+            .expect("stored");
+            let ids = |due: Vec<Due>| due.iter().map(|d| d.job_id).collect::<Vec<_>>();
+            assert_eq!(
+                ids(due(&conn, 10, 10).expect("due")),
+                vec![1, 3, 4],
+                "job 2 waits for job 1; another configuration does not"
+            );
+            let claimed = claim(&mut conn, 1, "e", 11, i64::MAX).expect("claim").expect("claimed");
+            assert_eq!(
+                ids(due(&conn, 11, 10).expect("due")),
+                vec![3, 4],
+                "still waiting while job 1 runs"
+            );
+            let done = Verdict::Succeeded {
+                detail: "ok".into(),
+            };
+            finish(&mut conn, &claimed, &done, 12).expect("finish");
+            assert_eq!(ids(due(&conn, 12, 10).expect("due")), vec![2, 3, 4]);
+        }
     }
 
-    #[test]
-    fn running_jobs_resume_after_a_crash_and_old_finished_ones_are_pruned() {
-        let (_dir, mut conn) = store();
-        insert_batch(
-            &mut conn,
-            &[(event("a", 1), to(1)), (event("b", 1), to(1))],
-            10,
-        )
-        .expect("stored");
-        let claimed = claim(&mut conn, 1, 11).expect("claim").expect("claimed");
-        assert_eq!(claimed.attempt, 1);
-        claim(&mut conn, 2, 11).expect("claim");
-        // Job 2 finishes; the engine dies while job 1 runs.
-        let claimed2 = Claimed {
-            job_id: 2,
-            attempt_id: 2,
-            ..claimed.clone()
-        };
-        let done = Verdict::Succeeded {
-            detail: String::new(),
-        };
-        finish(&mut conn, &claimed2, &done, 12).expect("finish");
-        assert_eq!(recover(&mut conn, 20).expect("recover"), 1);
-        let (job, attempts) = get(&conn, 1).expect("job");
-        assert_eq!(job.state, JobState::Pending);
-        assert_eq!(attempts[0].outcome, AttemptOutcome::Interrupted);
-        assert_eq!(
-            prune_step(&mut conn, 13, PRUNE_BATCH).expect("prune"),
-            1,
-            "only the finished job"
-        );
-        assert!(matches!(get(&conn, 2), Err(StoreError::NotFound)));
-        assert_eq!(
-            conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
-                .expect("count"),
-            1
-        );
+    crate::store::on_both_stores! {
+        fn running_jobs_resume_after_a_crash_and_old_finished_ones_are_pruned(conn) {
+            insert_batch(
+                &mut conn,
+                &[(event("a", 1), to(1)), (event("b", 1), to(1))],
+                10,
+            )
+            .expect("stored");
+            let claimed = claim(&mut conn, 1, "e", 11, i64::MAX).expect("claim").expect("claimed");
+            assert_eq!(claimed.attempt, 1);
+            claim(&mut conn, 2, "e", 11, i64::MAX).expect("claim");
+            // Job 2 finishes; the engine dies while job 1 runs.
+            let claimed2 = Claimed {
+                job_id: 2,
+                attempt_id: 2,
+                ..claimed.clone()
+            };
+            let done = Verdict::Succeeded {
+                detail: String::new(),
+            };
+            finish(&mut conn, &claimed2, &done, 12).expect("finish");
+            assert_eq!(recover(&mut conn, 20).expect("recover"), 1);
+            let (job, attempts) = get(&conn, 1).expect("job");
+            assert_eq!(job.state, JobState::Pending);
+            assert_eq!(attempts[0].outcome, AttemptOutcome::Interrupted);
+            assert_eq!(
+                prune_step(&mut conn, 13, PRUNE_BATCH).expect("prune"),
+                1,
+                "only the finished job"
+            );
+            assert!(matches!(get(&conn, 2), Err(StoreError::NotFound)));
+            assert_eq!(
+                conn.query_row("SELECT COUNT(*) FROM events", params![], |r| r.get::<_, i64>(0))
+                    .expect("count"),
+                1
+            );
+        }
     }
 
-    #[test]
-    fn an_event_routed_to_a_configuration_deleted_before_its_commit_takes_no_job() {
-        let (_dir, mut conn) = store();
-        insert_batch(&mut conn, &[(event("a", 1), to(1))], 10).expect("stored");
-        assert_eq!(
-            delete_configuration(&mut conn, 1, "the configuration was deleted", 11)
-                .expect("deleted"),
-            1,
-            "its waiting job fails in the delete's transaction"
-        );
-        // Intake routed this event while configuration 1 still existed.
-        let stored = insert_batch(
-            &mut conn,
-            &[(
-                event("b", 1),
-                Routing::To(vec![(1, "c1".into()), (2, "c2".into())]),
-            )],
-            12,
-        )
-        .expect("stored");
-        assert_eq!(
-            stored[0],
-            Stored::New {
-                event_id: 2,
-                jobs: 1
-            }
-        );
-        let late = insert_batch(&mut conn, &[(event("c", 1), to(1))], 13).expect("stored");
-        assert_eq!(
-            late[0],
-            Stored::New {
-                event_id: 3,
-                jobs: 0
-            }
-        );
-        let jobs: Vec<(Option<i64>, JobState, Option<String>)> = conn
-            .prepare("SELECT configuration_id, state, last_error FROM jobs ORDER BY id")
-            .expect("prepare")
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows");
-        assert_eq!(
-            jobs,
-            vec![
-                (
-                    Some(1),
-                    JobState::Failed,
-                    Some("the configuration was deleted".to_owned())
-                ),
-                (Some(2), JobState::Pending, None),
-                (
-                    None,
-                    JobState::Ignored,
-                    Some("the configuration c1 was deleted as the event arrived".to_owned())
-                ),
-            ]
-        );
-        assert_eq!(
-            retry(&conn, 1, 14).expect("retry"),
-            Err(NotRetried::NoConfiguration),
-            "a deleted configuration's failed event cannot run through another"
-        );
+    crate::store::on_both_stores! {
+        fn an_event_routed_to_a_configuration_deleted_before_its_commit_takes_no_job(conn) {
+            insert_batch(&mut conn, &[(event("a", 1), to(1))], 10).expect("stored");
+            assert_eq!(
+                delete_configuration(&mut conn, 1, "the configuration was deleted", 11)
+                    .expect("deleted"),
+                1,
+                "its waiting job fails in the delete's transaction"
+            );
+            // Intake routed this event while configuration 1 still existed.
+            let stored = insert_batch(
+                &mut conn,
+                &[(
+                    event("b", 1),
+                    Routing::To(vec![(1, "c1".into()), (2, "c2".into())]),
+                )],
+                12,
+            )
+            .expect("stored");
+            assert_eq!(
+                stored[0],
+                Stored::New {
+                    event_id: 2,
+                    jobs: 1
+                }
+            );
+            let late = insert_batch(&mut conn, &[(event("c", 1), to(1))], 13).expect("stored");
+            assert_eq!(
+                late[0],
+                Stored::New {
+                    event_id: 3,
+                    jobs: 0
+                }
+            );
+            let jobs: Vec<(Option<i64>, JobState, Option<String>)> = conn
+                .prepare("SELECT configuration_id, state, last_error FROM jobs ORDER BY id")
+                .expect("prepare")
+                .query_map(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            assert_eq!(
+                jobs,
+                vec![
+                    (
+                        Some(1),
+                        JobState::Failed,
+                        Some("the configuration was deleted".to_owned())
+                    ),
+                    (Some(2), JobState::Pending, None),
+                    (
+                        None,
+                        JobState::Ignored,
+                        Some("the configuration c1 was deleted as the event arrived".to_owned())
+                    ),
+                ]
+            );
+            assert_eq!(
+                retry(&conn, 1, 14).expect("retry"),
+                Err(NotRetried::NoConfiguration),
+                "a deleted configuration's failed event cannot run through another"
+            );
+        }
     }
 
     #[test]
@@ -915,14 +942,14 @@ mod tests {
             .map(|i| (event(&format!("s{i}"), i), to(1)))
             .collect();
         insert_batch(&mut conn, &batch, 10).expect("stored");
-        conn.execute("UPDATE jobs SET state = 'succeeded'", [])
+        conn.execute("UPDATE jobs SET state = 'succeeded'", params![])
             .expect("finish all");
         assert_eq!(prune_step(&mut conn, 11, 500).expect("step"), 500);
         assert_eq!(prune_step(&mut conn, 11, 500).expect("step"), 500);
         assert_eq!(prune_step(&mut conn, 11, 500).expect("step"), 200);
         assert_eq!(prune_step(&mut conn, 11, 500).expect("step"), 0);
         let left: i64 = conn
-            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM events", params![], |r| r.get(0))
             .expect("count");
         assert_eq!(left, 0, "events left without jobs go with them");
         // Every lookup a step makes is served by an index, never a scan of jobs.
@@ -937,7 +964,7 @@ mod tests {
             let plan: Vec<String> = conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .expect("plan")
-                .query_map([], |r| r.get::<_, String>(3))
+                .query_map(params![], |r| r.get::<_, String>(3))
                 .expect("query")
                 .collect::<Result<_, _>>()
                 .expect("rows");
@@ -980,7 +1007,7 @@ mod tests {
             let plan: Vec<String> = conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .expect("plan")
-                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .query_map(&params_from_iter(&args), |r| r.get::<_, String>(3))
                 .expect("query")
                 .collect::<Result<_, _>>()
                 .expect("rows");

@@ -1,9 +1,9 @@
 //! The store's enumerations: a job's state, an event's source, an attempt's outcome.
-//! Each is written to and read from SQLite through `ToSql`/`FromSql`, so the engine
+//! Each is written to and read from the database through `Param`/`FromValue`, so the engine
 //! never compares or parses state names itself; an unknown name in the database is
 //! an error, not a silent default.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use super::db::{FromValue, Param, Value};
 use serde::Serialize;
 
 macro_rules! stored_enum {
@@ -47,17 +47,15 @@ macro_rules! stored_enum {
             }
         }
 
-        impl ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
+        impl Param for $name {
+            fn value(&self) -> Value {
+                Value::Text(self.as_str().to_owned())
             }
         }
 
-        impl FromSql for $name {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                let text = value.as_str()?;
-                text.parse()
-                    .map_err(|e: String| FromSqlError::Other(e.into()))
+        impl FromValue for $name {
+            fn from_value(value: Value) -> Result<Self, String> {
+                String::from_value(value)?.parse()
             }
         }
     };
@@ -175,12 +173,22 @@ mod tests {
             "done".parse::<JobState>(),
             Err("\"done\" is not one of: pending, running, succeeded, skipped, retrying, failed, ignored".into())
         );
-        let conn = rusqlite::Connection::open_in_memory().expect("db");
+        let conn = super::super::db::Connection::sqlite(
+            rusqlite::Connection::open_in_memory().expect("db"),
+        );
         let back: Source = conn
-            .query_row("SELECT ?1", [Source::Polling], |r| r.get(0))
+            .query_row(
+                "SELECT ?1",
+                crate::store::db::params![Source::Polling],
+                |r| r.get(0),
+            )
             .expect("round trip");
         assert_eq!(back, Source::Polling);
-        let bad = conn.query_row("SELECT 'carrier pigeon'", [], |r| r.get::<_, Source>(0));
+        let bad = conn.query_row(
+            "SELECT 'carrier pigeon'",
+            crate::store::db::params![],
+            |r| r.get::<_, Source>(0),
+        );
         assert!(bad.is_err());
     }
 }

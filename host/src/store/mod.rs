@@ -1,21 +1,28 @@
-//! The embedded store: one SQLite database in the data folder, in WAL mode, with
-//! schema migrations versioned in the code.
+//! The store: the embedded SQLite database in the data folder (the default, one
+//! engine), or a PostgreSQL database that several engines share (`database_url`).
+//! Both have versioned schema migrations in the code and run the same queries
+//! (`db` speaks both).
 //!
-//! One connection serves every write, on blocking threads; SQLite serialises writers
-//! anyway, and a single connection keeps each transaction's view simple.
+//! Calls run on blocking threads. SQLite has one writing connection (it serialises
+//! writers anyway, and one connection keeps each transaction's view simple) and two
+//! read-only ones; PostgreSQL has a few of each, and a connection the server closed
+//! is opened again on its next use.
 
 pub mod bulk;
+pub mod cluster;
 mod configurations;
+pub mod copy;
+pub mod db;
 pub mod events;
 mod kinds;
 mod migrations;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
-
 pub use configurations::{ConfigurationRow, NewConfiguration};
+pub use db::Connection;
 
 /// The database file inside the data folder.
 pub const DATABASE_FILE: &str = "engine.sqlite3";
@@ -27,9 +34,9 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the database {path} has schema version {found}, newer than this engine knows ({known}); run the newer engine, or restore a backup made for this one")]
+    #[error("the database {location} has schema version {found}, newer than this engine knows ({known}); run the newer engine, or restore a backup made for this one")]
     SchemaTooNew {
-        path: PathBuf,
+        location: String,
         found: i64,
         known: i64,
     },
@@ -37,36 +44,210 @@ pub enum StoreError {
     DuplicateName { name: String },
     #[error("not found")]
     NotFound,
+    /// A query that must find a row found none (`optional()` turns it into `None`).
+    #[error("the query found no row")]
+    NoRow,
     #[error("{what} in the database cannot be read: {source}")]
     Corrupt {
         what: String,
         source: serde_json::Error,
     },
+    #[error("column {index} of a stored row cannot be read: {message}")]
+    Column { index: usize, message: String },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL error: {}", postgres_message(.0))]
+    Postgres(#[from] postgres::Error),
+    #[error("cannot connect to PostgreSQL at {location}: {source}")]
+    Connect {
+        location: String,
+        source: postgres::Error,
+    },
     #[error("the store's worker thread failed: {0}")]
     Worker(String),
 }
 
-/// Read-only connections kept for the history and other reads: in WAL mode they read
-/// while the writer commits, so a large history query never holds up intake.
+/// The server's own words when it refused a statement, else the client's error.
+fn postgres_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+impl StoreError {
+    /// A unique constraint refused the write.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(code, _)) => {
+                code.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || code.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            }
+            Self::Postgres(e) => e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+            _ => false,
+        }
+    }
+}
+
+/// Where the store is: the embedded database, or a PostgreSQL server.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    Postgres(Box<PostgresUrl>),
+}
+
+/// A `postgres://` URL; shown without its password.
+#[derive(Clone)]
+pub struct PostgresUrl {
+    url: String,
+    config: postgres::Config,
+}
+
+impl PostgresUrl {
+    /// Parses a `postgres://` or `postgresql://` URL, saying what to fix.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err("database_url must be a postgres:// URL, e.g. postgres://engine:PASSWORD@db.example.net:5432/middleware (leave it unset for the embedded SQLite store)".into());
+        }
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| format!("database_url is not a valid PostgreSQL URL: {e}"))?;
+        // As SQLite's busy timeout: a write that waits 5 s for a lock fails (intake
+        // answers 503 and the appliance sends the event again) instead of hanging.
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c lock_timeout=5s"),
+            None => "-c lock_timeout=5s".to_owned(),
+        };
+        config.options(&options);
+        if config.get_application_name().is_none() {
+            config.application_name("middleware-engine");
+        }
+        if config.get_dbname().is_none() {
+            return Err("database_url names no database: add it after the host, e.g. postgres://engine@db.example.net/middleware".into());
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &postgres::Config {
+        &self.config
+    }
+
+    /// The URL as given, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+}
+
+impl PartialEq for PostgresUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url
+    }
+}
+
+impl Eq for PostgresUrl {}
+
+impl std::fmt::Display for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.config;
+        let user = c.get_user().unwrap_or("");
+        let host = c
+            .get_hosts()
+            .first()
+            .map(|h| match h {
+                postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .unwrap_or_default();
+        let port = c.get_ports().first().copied().unwrap_or(5432);
+        let db = c.get_dbname().unwrap_or("");
+        write!(f, "postgres://{user}@{host}:{port}/{db}")
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgresUrl({self})")
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(url) => url.fmt(f),
+        }
+    }
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// Read-only connections kept for the history and other reads: they read while the
+/// writer commits, so a large history query never holds up intake.
 const READERS: usize = 2;
+/// PostgreSQL takes writers side by side: intake's group commit, the dispatcher and
+/// the admin API each get one without waiting for the others.
+const POSTGRES_WRITERS: usize = 4;
 
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
-    readers: Arc<Readers>,
-    path: PathBuf,
+    writers: Arc<Pool>,
+    readers: Arc<Pool>,
+    location: Arc<Location>,
 }
 
-struct Readers {
+type Opener = Box<dyn Fn() -> Result<Connection, StoreError> + Send + Sync>;
+
+struct Pool {
     conns: Vec<Mutex<Connection>>,
-    next: std::sync::atomic::AtomicUsize,
+    next: AtomicUsize,
+    /// Opens a connection again after the server closed one (PostgreSQL).
+    reopen: Option<Opener>,
+}
+
+impl Pool {
+    fn new(conns: Vec<Connection>, reopen: Option<Opener>) -> Self {
+        Self {
+            conns: conns.into_iter().map(Mutex::new).collect(),
+            next: AtomicUsize::new(0),
+            reopen,
+        }
+    }
+
+    /// Runs `f` on a free connection if there is one, else waits for the next in turn.
+    fn with<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.conns.len();
+        let free = (0..count).find_map(|i| self.conns[(first + i) % count].try_lock().ok());
+        let mut guard = match free {
+            Some(guard) => guard,
+            None => self.conns[first % count]
+                .lock()
+                .map_err(|_| StoreError::Worker("a previous database call panicked".into()))?,
+        };
+        if !guard.is_usable() {
+            if let Some(reopen) = &self.reopen {
+                *guard = reopen()?;
+                tracing::info!("connection to the database opened again");
+            }
+        }
+        f(&mut guard)
+    }
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `data_dir` and brings its schema up
-    /// to date. Refuses a schema newer than this binary knows.
+    /// Opens (creating if needed) the embedded database in `data_dir` and brings its
+    /// schema up to date. Refuses a schema newer than this binary knows.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let folder_error = |path: &Path| {
             let path = path.to_owned();
@@ -77,28 +258,81 @@ impl Store {
         // SQLite gives its -wal and -shm files the mode of the database file, so the
         // file is made owner-only before SQLite first opens it.
         private::create_file(&path).map_err(folder_error(&path))?;
-        let mut conn = Connection::open(&path)?;
+        let conn = rusqlite::Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit is on disk before we answer (an accepted event is never lost).
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrations::apply(&mut conn, &path)?;
+        let mut conn = Connection::sqlite(conn);
+        let location = Location::Sqlite(path.clone());
+        migrations::apply(&mut conn, &location)?;
         let readers = (0..READERS)
-            .map(|_| open_reader(&path).map(Mutex::new))
+            .map(|_| open_reader(&path))
             .collect::<Result<_, _>>()?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            readers: Arc::new(Readers {
-                conns: readers,
-                next: std::sync::atomic::AtomicUsize::new(0),
-            }),
-            path,
+            writers: Arc::new(Pool::new(vec![conn], None)),
+            readers: Arc::new(Pool::new(readers, None)),
+            location: Arc::new(location),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Connects to a PostgreSQL database that may be shared with other engines and
+    /// brings its schema up to date (one engine at a time migrates). Refuses a schema
+    /// newer than this binary knows.
+    pub fn open_postgres(url: &PostgresUrl) -> Result<Self, StoreError> {
+        let connect = {
+            let url = url.clone();
+            move || -> Result<Connection, StoreError> {
+                let client = url.config().connect(postgres::NoTls).map_err(|source| {
+                    StoreError::Connect {
+                        location: url.to_string(),
+                        source,
+                    }
+                })?;
+                Ok(Connection::postgres(client))
+            }
+        };
+        let location = Location::Postgres(Box::new(url.clone()));
+        let mut first = connect()?;
+        migrations::apply(&mut first, &location)?;
+        let mut writers = vec![first];
+        for _ in 1..POSTGRES_WRITERS {
+            writers.push(connect()?);
+        }
+        let readers = (0..READERS).map(|_| connect()).collect::<Result<_, _>>()?;
+        Ok(Self {
+            writers: Arc::new(Pool::new(writers, Some(Box::new(connect.clone())))),
+            readers: Arc::new(Pool::new(readers, Some(Box::new(connect)))),
+            location: Arc::new(location),
+        })
+    }
+
+    /// Opens the store the settings name: PostgreSQL with a `database_url`, else the
+    /// embedded database in the data folder.
+    pub fn open_at(location: &Location) -> Result<Self, StoreError> {
+        match location {
+            Location::Sqlite(data_dir) => Self::open(data_dir),
+            Location::Postgres(url) => Self::open_postgres(url),
+        }
+    }
+
+    /// [`Store::open_at`] from async code: the PostgreSQL client blocks, so it
+    /// connects off the async threads.
+    pub async fn open_async(location: &Location) -> Result<Self, StoreError> {
+        let location = location.clone();
+        tokio::task::spawn_blocking(move || Self::open_at(&location))
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Several engines may share this store.
+    pub fn is_shared(&self) -> bool {
+        matches!(*self.location, Location::Postgres(_))
     }
 
     /// Runs `f` on a read-only connection on a blocking thread; it sees every commit
@@ -109,40 +343,29 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let readers = Arc::clone(&self.readers);
-        tokio::task::spawn_blocking(move || {
-            let first = readers
-                .next
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Take a free reader if there is one, else wait for ours.
-            let count = readers.conns.len();
-            let free = (0..count).find_map(|i| readers.conns[(first + i) % count].try_lock().ok());
-            let guard = match free {
-                Some(guard) => guard,
-                None => readers.conns[first % count]
-                    .lock()
-                    .map_err(|_| StoreError::Worker("a previous database read panicked".into()))?,
-            };
-            f(&guard)
-        })
-        .await
-        .map_err(|e| StoreError::Worker(e.to_string()))?
+        tokio::task::spawn_blocking(move || readers.with(|conn| f(conn)))
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?
     }
 
-    /// Runs `f` with the connection on a blocking thread.
+    /// Runs `f` with a writing connection on a blocking thread.
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| StoreError::Worker("a previous database call panicked".into()))?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Worker(e.to_string()))?
+        let writers = Arc::clone(&self.writers);
+        tokio::task::spawn_blocking(move || writers.with(f))
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+
+    /// As [`Store::call`], on the calling thread (start-up and command-line tools).
+    pub fn call_blocking<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.writers.with(f)
     }
 }
 
@@ -207,12 +430,12 @@ mod private {
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     use rusqlite::OpenFlags;
-    let conn = Connection::open_with_flags(
+    let conn = rusqlite::Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    Ok(conn)
+    Ok(Connection::sqlite(conn))
 }
 
 /// Milliseconds since the Unix epoch, the store's one time format.
@@ -220,22 +443,123 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// For the store's unit tests: a migrated database with foreign keys on and the
-/// configurations `ids` (named `c<id>`).
+/// Writes a store unit test once and runs it on both servers: `fn name(conn) { .. }`
+/// becomes `name::sqlite` and `name::postgres`, each with a fresh database holding
+/// the configurations 1 and 2.
 #[cfg(test)]
-pub(crate) fn test_connection(ids: &[i64]) -> (tempfile::TempDir, rusqlite::Connection) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    drop(Store::open(dir.path()).expect("store"));
-    let conn = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).expect("open");
-    conn.pragma_update(None, "foreign_keys", "ON")
-        .expect("foreign keys");
-    for id in ids {
-        conn.execute(
-            "INSERT INTO configurations (id, plugin, name, settings, secrets, created_at, updated_at)
-             VALUES (?1, 'p', ?2, '{}', '{}', 0, 0)",
-            rusqlite::params![id, format!("c{id}")],
-        )
-        .expect("configuration");
+macro_rules! on_both_stores {
+    ($(fn $name:ident($conn:ident) $body:block)+) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run(backend: $crate::store::testing::Backend) {
+                #[allow(unused_mut)]
+                let (_guard, mut $conn) = $crate::store::testing::connection(backend, &[1, 2]);
+                $body
+            }
+
+            #[test]
+            fn sqlite() {
+                run($crate::store::testing::Backend::Sqlite);
+            }
+
+            #[test]
+            fn postgres() {
+                run($crate::store::testing::Backend::Postgres);
+            }
+        }
+    )+};
+}
+#[cfg(test)]
+pub(crate) use on_both_stores;
+
+/// For the store's unit tests: a migrated database with foreign keys on and the
+/// configurations `ids` (named `c<id>`), on either server.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{db, Connection, Store, DATABASE_FILE};
+
+    #[derive(Debug, Clone, Copy)]
+    pub enum Backend {
+        Sqlite,
+        Postgres,
     }
-    (dir, conn)
+
+    /// Keeps the test's database until the test ends.
+    pub enum Guard {
+        Sqlite(#[allow(dead_code)] tempfile::TempDir),
+        Postgres(#[allow(dead_code)] PostgresDatabase),
+    }
+
+    /// A fresh PostgreSQL database, dropped when this is.
+    pub struct PostgresDatabase {
+        admin: String,
+        pub name: String,
+        pub url: String,
+    }
+
+    impl PostgresDatabase {
+        /// Creates one on the server `MWE_TEST_POSTGRES` names (tests/run.sh sets it).
+        pub fn create() -> Self {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let admin = std::env::var("MWE_TEST_POSTGRES").expect(
+                "MWE_TEST_POSTGRES is not set: run the tests with `bash tests/run.sh`, which starts PostgreSQL, \
+                 or set it to postgres://USER:PASSWORD@HOST:PORT/postgres (a role that may create databases)",
+            );
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("mwe_t_u{}_{n}", std::process::id());
+            let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+                .expect("connect to MWE_TEST_POSTGRES");
+            client
+                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                .expect("create database");
+            let url = match admin.rfind('/') {
+                Some(at) => format!("{}/{name}", &admin[..at]),
+                None => panic!("MWE_TEST_POSTGRES has no database part"),
+            };
+            Self { admin, name, url }
+        }
+    }
+
+    impl Drop for PostgresDatabase {
+        fn drop(&mut self) {
+            if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+                let _ = client.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.name
+                ));
+            }
+        }
+    }
+
+    pub fn connection(backend: Backend, ids: &[i64]) -> (Guard, Connection) {
+        let (guard, conn) = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                drop(Store::open(dir.path()).expect("store"));
+                let conn =
+                    rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).expect("open");
+                conn.pragma_update(None, "foreign_keys", "ON")
+                    .expect("foreign keys");
+                (Guard::Sqlite(dir), Connection::sqlite(conn))
+            }
+            Backend::Postgres => {
+                let database = PostgresDatabase::create();
+                let url = super::PostgresUrl::parse(&database.url).expect("url");
+                drop(Store::open_postgres(&url).expect("store"));
+                let client = url.config().connect(postgres::NoTls).expect("connect");
+                (Guard::Postgres(database), Connection::postgres(client))
+            }
+        };
+        for id in ids {
+            conn.execute(
+                "INSERT INTO configurations (id, plugin, name, settings, secrets, created_at, updated_at)
+                 VALUES (?1, 'p', ?2, '{}', '{}', 0, 0)",
+                db::params![id, format!("c{id}")],
+            )
+            .expect("configuration");
+        }
+        (guard, conn)
+    }
 }

@@ -56,8 +56,8 @@ function notify(message, kind = "info") {
 }
 
 async function load() {
-  const [plugins, configurations] = await Promise.all([
-    api("GET", "/api/plugins"), api("GET", "/api/configurations"),
+  const [plugins, configurations, engines] = await Promise.all([
+    api("GET", "/api/plugins"), api("GET", "/api/configurations"), api("GET", "/api/engines"),
   ]);
   if (!plugins.ok || !configurations.ok) {
     const error = (plugins.data || configurations.data || {}).error || "the engine did not answer";
@@ -68,6 +68,7 @@ async function load() {
   state.plugins = plugins.data.sort((a, b) =>
     (a.status === "loaded" ? 0 : 1) - (b.status === "loaded" ? 0 : 1) || a.name.localeCompare(b.name));
   state.configurations = configurations.data;
+  state.engines = engines.ok ? engines.data : null;
   renderAll();
   openFromHash();
 }
@@ -122,7 +123,35 @@ function renderAll() {
     cards.push(pluginCard({ id: "", name: "Configurations of missing plugins", status: "failed",
       error: "Their plugin is not in the Plugins folder.", settings: [] }, orphans));
   }
+  const engines = enginesCard(state.engines);
+  if (engines) cards.push(engines);
   render(...cards);
+}
+
+// The engines on this engine's database: one on the embedded store, several sharing
+// a PostgreSQL database.
+function enginesCard(listing) {
+  if (!listing || !Array.isArray(listing.engines)) return null;
+  const shared = listing.store === "postgres";
+  const up = (e) => e.alive ? "Up" : (e.stopped_at ? "Stopped" : "Not answering");
+  const rows = listing.engines.map((e) => el("tr", { "data-engine": e.name, "data-engine-alive": String(e.alive) },
+    el("td", { class: "name" }, e.name, e.this_engine ? el("span", { class: "muted", text: " (this engine)" }) : null),
+    el("td", {}, el("span", { class: "badge status-" + (e.alive ? "running" : "failed") }, up(e))),
+    el("td", { text: e.version }),
+    el("td", { text: e.events_url }),
+    el("td", { text: new Date(e.last_heartbeat_at).toLocaleString() }),
+    el("td", { "data-jobs-running": e.name, text: String(e.jobs_running) }),
+    el("td", { class: e.plugins_differ.length ? "error-text" : "",
+      text: e.plugins_differ.length ? e.plugins_differ.join("; ") : "Same as this engine" })));
+  return el("section", { class: "card", "data-engines-card": "", "aria-labelledby": "engines-heading" },
+    el("div", { class: "card-head" }, el("div", {},
+      el("h2", { id: "engines-heading", text: shared ? "Engines on this database" : "Engine" }),
+      el("p", { class: "muted", text: shared
+        ? `They share the configurations, the queue and the history; one that stops answering loses its jobs to the others after ${listing.lease_seconds} s.`
+        : "The embedded store: one engine. Several engines share a PostgreSQL database (database_url)." }))),
+    el("table", { class: "configs" },
+      el("thead", {}, el("tr", {}, ["Engine", "State", "Version", "Event address", "Last heartbeat", "Jobs running", "Plugins"].map((h) => el("th", { scope: "col", text: h })))),
+      el("tbody", {}, rows)));
 }
 
 function pluginCard(plugin, configs) {
