@@ -595,3 +595,85 @@ async fn an_engine_cut_off_from_the_database_reconnects_and_goes_on() {
         host.log()
     );
 }
+
+#[tokio::test]
+async fn a_backfill_moves_to_the_other_engine_when_its_engine_dies() {
+    let plugins = plugins();
+    let env = [("MWE_LEASE_SECONDS", LEASE)];
+    let mut first = TestHost::start_postgres(&plugins, &env);
+    let mut second = first.join(&plugins, &env);
+    let record = first.data.path().join("calls.jsonl");
+    let sessions_file = first.data.path().join("sessions.jsonl");
+    let (status, created) = first
+        .post(
+            "/api/configurations",
+            &json!({"plugin": "scripted", "name": "Bulk", "settings": {
+                "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
+                "record_file": record.to_str().expect("utf-8"),
+                "sessions_file": sessions_file.to_str().expect("utf-8"),
+                "bulk_script": "sleep:100",
+                "outbound_event_types": [END],
+            }}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let configuration = created["id"].as_i64().expect("id");
+    until("the second engine runs the configuration", || async {
+        status_of(&second, configuration).await == "running"
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let start = now - 5 * 86_400;
+    let sessions: Vec<(String, i64)> = (0..40)
+        .map(|i| (format!("m{i:02}"), start + i * 3_000))
+        .collect();
+    let refs: Vec<(&str, i64)> = sessions.iter().map(|(l, t)| (l.as_str(), *t)).collect();
+    crate::bulk::write_sessions(&sessions_file, &refs);
+    let (status, body) = first
+        .post(
+            &format!("/api/configurations/{configuration}/backfill"),
+            &json!({"since": start, "until": start + 2 * 86_400}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_i64().expect("id");
+    until("the backfill is under way", || async {
+        crate::bulk::handled(&record).len() >= 5
+    })
+    .await;
+    // The engine holding the backfill's lease dies.
+    let database = first.database.clone().expect("database");
+    let lease = format!("backfill:{id}");
+    let owner: String = database.with(|c| {
+        c.query_one("SELECT owner FROM leases WHERE name = $1", &[&lease])
+            .expect("the backfill's lease is held")
+            .get(0)
+    });
+    let (_, listing) = first.get("/api/engines").await;
+    let first_id = listing["this_engine"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let survivor = if owner == first_id {
+        first.kill();
+        &second
+    } else {
+        second.kill();
+        &first
+    };
+    let done = crate::bulk::wait_backfill(survivor, id).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["imported"].as_i64(), Some(40), "{done}");
+    for (lsid, _) in &sessions {
+        let jobs = survivor.events(&format!("lsid={lsid}")).await;
+        assert_eq!(jobs.len(), 1, "{lsid} queued once: {jobs:?}");
+        assert_eq!(jobs[0]["state"], "succeeded", "{lsid}: {jobs:?}");
+    }
+    assert!(
+        survivor.log().contains("backfill done"),
+        "the survivor took the backfill over and ended it: {}",
+        survivor.log()
+    );
+}

@@ -234,6 +234,12 @@ impl Engine {
         }
     }
 
+    /// Whether this engine holds the work lease `name` (as of its last take or
+    /// heartbeat).
+    pub(super) fn holds(&self, name: &str) -> bool {
+        self.identity.held().contains(name)
+    }
+
     /// The work leases of one kind (`poll:`) held now.
     pub(super) fn held_of(&self, prefix: &str) -> Vec<String> {
         self.identity

@@ -50,7 +50,7 @@ impl Engine {
                 }
                 // One engine polls a configuration at a time: the one holding its lease.
                 let lease = poll_lease(target.id);
-                let newly = !self.held_of(&lease).contains(&lease);
+                let newly = !self.holds(&lease);
                 if !self.hold(lease).await {
                     continue;
                 }
