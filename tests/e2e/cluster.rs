@@ -44,6 +44,26 @@ where
     }
 }
 
+/// Creates an enabled scripted configuration named `name` that takes session ends,
+/// with `extra` settings; its id.
+async fn scripted(host: &TestHost, name: &str, extra: Value) -> i64 {
+    let mut settings = json!({
+        "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
+        "outbound_event_types": [END],
+    });
+    if let (Some(s), Some(e)) = (settings.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    let (status, created) = host
+        .post(
+            "/api/configurations",
+            &json!({"plugin": "scripted", "name": name, "settings": settings}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    created["id"].as_i64().expect("id")
+}
+
 async fn status_of(host: &TestHost, id: i64) -> String {
     let (_, body) = host.get(&format!("/api/configurations/{id}")).await;
     body["status"]["state"]
@@ -65,18 +85,12 @@ async fn a_configuration_made_on_one_engine_is_used_by_the_other() {
     let first = TestHost::start_postgres(&plugins, &[("MWE_LEASE_SECONDS", LEASE)]);
     let second = first.join(&plugins, &[("MWE_LEASE_SECONDS", LEASE)]);
     let record = first.data.path().join("calls.jsonl");
-    let (status, created) = first
-        .post(
-            "/api/configurations",
-            &json!({"plugin": "scripted", "name": "Shared", "settings": {
-                "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
-                "record_file": record.to_str().expect("utf-8"),
-                "outbound_event_types": [END],
-            }}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_i64().expect("id");
+    let id = scripted(
+        &first,
+        "Shared",
+        json!({"record_file": record.to_str().expect("utf-8")}),
+    )
+    .await;
     until("the second engine runs the configuration", || async {
         status_of(&second, id).await == "running"
     })
@@ -151,16 +165,7 @@ async fn a_configuration_made_on_one_engine_is_used_by_the_other() {
 async fn an_engine_with_another_key_file_refuses_to_start_and_says_why() {
     let plugins = plugins();
     let first = TestHost::start_postgres(&plugins, &[]);
-    let (status, _) = first
-        .post(
-            "/api/configurations",
-            &json!({"plugin": "scripted", "name": "Sealed", "settings": {
-                "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
-                "outbound_event_types": [END],
-            }}),
-        )
-        .await;
-    assert_eq!(status, 201);
+    scripted(&first, "Sealed", json!({})).await;
     let database = first.database.as_ref().expect("database");
     // A second engine with its own (new) key file instead of a copy of the first's.
     let data = tempfile::tempdir().expect("tempdir");
@@ -217,18 +222,12 @@ async fn a_burst_to_both_engines_survives_a_kill_9_of_one_and_its_jobs_are_taken
     let mut first = TestHost::start_postgres(&plugins, &env);
     let second = first.join(&plugins, &[("MWE_LEASE_SECONDS", LEASE)]);
     let record = first.data.path().join("burst.jsonl");
-    let (status, created) = first
-        .post(
-            "/api/configurations",
-            &json!({"plugin": "scripted", "name": "Burst", "settings": {
-                "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
-                "record_file": record.to_str().expect("utf-8"),
-                "outbound_event_types": [END],
-            }}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_i64().expect("id");
+    let id = scripted(
+        &first,
+        "Burst",
+        json!({"record_file": record.to_str().expect("utf-8")}),
+    )
+    .await;
     until("the second engine runs the configuration", || async {
         status_of(&second, id).await == "running"
     })
@@ -422,18 +421,12 @@ async fn an_embedded_store_copied_into_postgres_goes_on_there_with_a_second_engi
     let plugins = plugins();
     let mut single = TestHost::start_sqlite(&plugins);
     let record = single.data.path().join("calls.jsonl");
-    let (status, created) = single
-        .post(
-            "/api/configurations",
-            &json!({"plugin": "scripted", "name": "Grown", "settings": {
-                "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s3cret-value",
-                "record_file": record.to_str().expect("utf-8"),
-                "outbound_event_types": [END],
-            }}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_i64().expect("id");
+    let id = scripted(
+        &single,
+        "Grown",
+        json!({"bt_client_secret": "s3cret-value", "record_file": record.to_str().expect("utf-8")}),
+    )
+    .await;
     for lsid in ["before-1", "before-2"] {
         let (status, _) = single
             .post_event(
@@ -499,17 +492,8 @@ async fn an_embedded_store_copied_into_postgres_goes_on_there_with_a_second_engi
     assert_eq!(status, 200);
     first.wait_for_state("succeeded", 3).await;
     // A new configuration does not take an id the copied history names.
-    let (status, newer) = first
-        .post(
-            "/api/configurations",
-            &json!({"plugin": "scripted", "name": "Newer", "settings": {
-                "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
-                "outbound_event_types": [END],
-            }}),
-        )
-        .await;
-    assert_eq!(status, 201, "{newer}");
-    assert!(newer["id"].as_i64().is_some_and(|n| n > id), "{newer}");
+    let newer = scripted(&first, "Newer", json!({})).await;
+    assert!(newer > id, "{newer} after {id}");
 }
 
 #[tokio::test]
@@ -546,17 +530,12 @@ async fn an_engine_cut_off_from_the_database_reconnects_and_goes_on() {
     let plugins = plugins();
     let host = TestHost::start_postgres(&plugins, &[]);
     let record = host.data.path().join("calls.jsonl");
-    let (status, _) = host
-        .post(
-            "/api/configurations",
-            &json!({"plugin": "scripted", "name": "Cut", "settings": {
-                "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
-                "record_file": record.to_str().expect("utf-8"),
-                "outbound_event_types": [END],
-            }}),
-        )
-        .await;
-    assert_eq!(status, 201);
+    scripted(
+        &host,
+        "Cut",
+        json!({"record_file": record.to_str().expect("utf-8")}),
+    )
+    .await;
     // The server drops every connection the engine has (a network cut, a failover of
     // the database).
     let database = host.database.clone().expect("database");
@@ -604,20 +583,7 @@ async fn a_backfill_moves_to_the_other_engine_when_its_engine_dies() {
     let mut second = first.join(&plugins, &env);
     let record = first.data.path().join("calls.jsonl");
     let sessions_file = first.data.path().join("sessions.jsonl");
-    let (status, created) = first
-        .post(
-            "/api/configurations",
-            &json!({"plugin": "scripted", "name": "Bulk", "settings": {
-                "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
-                "record_file": record.to_str().expect("utf-8"),
-                "sessions_file": sessions_file.to_str().expect("utf-8"),
-                "bulk_script": "sleep:100",
-                "outbound_event_types": [END],
-            }}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let configuration = created["id"].as_i64().expect("id");
+    let configuration = scripted(&first, "Bulk", json!({"record_file": record.to_str().expect("utf-8"), "sessions_file": sessions_file.to_str().expect("utf-8"), "bulk_script": "sleep:100"})).await;
     until("the second engine runs the configuration", || async {
         status_of(&second, configuration).await == "running"
     })

@@ -196,21 +196,31 @@ pub fn take_over_expired(conn: &mut Connection, now: i64) -> Result<usize, Store
     );
     let ids: Vec<i64> = tx.query(&expired, params![now], |r| r.get(0))?;
     for id in &ids {
-        tx.execute(
-            "UPDATE attempts SET outcome = ?3, finished_at = ?2,
-                    message = 'the engine running this attempt stopped answering; another engine runs it again'
-             WHERE job_id = ?1 AND outcome = 'running'",
-            params![id, now, AttemptOutcome::Interrupted],
-        )?;
-        tx.execute(
-            "UPDATE jobs SET state = ?3, next_attempt_at = ?2, updated_at = ?2,
-                    lease_owner = NULL, lease_until = NULL
-             WHERE id = ?1",
-            params![id, now, JobState::Pending],
+        requeue(
+            &tx,
+            *id,
+            now,
+            "the engine running this attempt stopped answering; another engine runs it again",
         )?;
     }
     tx.commit()?;
     Ok(ids.len())
+}
+
+/// A running job back in the queue, its open attempt marked interrupted (`why`).
+fn requeue(tx: &Connection, job_id: i64, now: i64, why: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE attempts SET outcome = ?3, finished_at = ?2, message = ?4
+         WHERE job_id = ?1 AND outcome = 'running'",
+        params![job_id, now, AttemptOutcome::Interrupted, why],
+    )?;
+    tx.execute(
+        "UPDATE jobs SET state = ?3, next_attempt_at = ?2, updated_at = ?2,
+                lease_owner = NULL, lease_until = NULL
+         WHERE id = ?1 AND state = 'running'",
+        params![job_id, now, JobState::Pending],
+    )?;
+    Ok(())
 }
 
 /// Running jobs leased by earlier runs of the engine named `name` (it restarted:
@@ -229,17 +239,11 @@ pub fn take_back_own(
         |r| r.get(0),
     )?;
     for id in &ids {
-        tx.execute(
-            "UPDATE attempts SET outcome = ?3, finished_at = ?2,
-                    message = 'the engine stopped during this attempt; it runs again'
-             WHERE job_id = ?1 AND outcome = 'running'",
-            params![id, now, AttemptOutcome::Interrupted],
-        )?;
-        tx.execute(
-            "UPDATE jobs SET state = ?3, next_attempt_at = ?2, updated_at = ?2,
-                    lease_owner = NULL, lease_until = NULL
-             WHERE id = ?1 AND state = 'running'",
-            params![id, now, JobState::Pending],
+        requeue(
+            &tx,
+            *id,
+            now,
+            "the engine stopped during this attempt; it runs again",
         )?;
     }
     tx.execute(
