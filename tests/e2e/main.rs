@@ -9,6 +9,7 @@ mod cluster;
 mod dynamics;
 mod events;
 mod helpers;
+mod history;
 mod hostile;
 mod packaging;
 mod plugin_loading;

@@ -1,5 +1,5 @@
-//! Pieces both simulators use: serving (TLS or plain), fault injection, call counts,
-//! random tokens.
+//! Pieces the simulators use: serving (TLS or plain), fault injection, call counts,
+//! random tokens, and what a sink received.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -98,6 +98,49 @@ impl Monitor {
     }
 }
 
+/// What a sink received, in order, and a way to wait for it without polling: the
+/// count is published on a watch channel after each entry.
+pub struct Recorder<T> {
+    items: Mutex<Vec<T>>,
+    count: tokio::sync::watch::Sender<usize>,
+}
+
+impl<T: Clone> Default for Recorder<T> {
+    fn default() -> Self {
+        Self {
+            items: Mutex::new(Vec::new()),
+            count: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl<T: Clone> Recorder<T> {
+    pub fn push(&self, item: T) {
+        let mut items = lock(&self.items);
+        items.push(item);
+        // Published under the lock: two pushes cannot publish their counts out of order.
+        self.count.send_replace(items.len());
+    }
+
+    pub fn all(&self) -> Vec<T> {
+        lock(&self.items).clone()
+    }
+
+    pub fn clear(&self) {
+        let mut items = lock(&self.items);
+        items.clear();
+        self.count.send_replace(0);
+    }
+
+    /// Waits until at least `count` entries arrived or `timeout` passed; returns all
+    /// the entries either way (fewer than `count` when it timed out).
+    pub async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<T> {
+        let mut seen = self.count.subscribe();
+        let _ = tokio::time::timeout(timeout, seen.wait_for(|n| *n >= count)).await;
+        self.all()
+    }
+}
+
 /// Locks a mutex, recovering from poisoning (a panicked test must not wedge the simulator).
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -153,6 +196,8 @@ pub fn now() -> i64 {
 /// How a simulator is served.
 pub enum Listen<'a> {
     Tls(&'a crate::tls::TestCertificate),
+    /// HTTPS with a certificate kept in memory.
+    TlsMemory(&'a crate::tls::Identity),
     Plain,
 }
 
@@ -173,9 +218,13 @@ pub async fn serve(router: Router, port: u16, listen: Listen<'_>) -> Result<Serv
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let handle = axum_server::Handle::new();
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    match listen {
-        Listen::Tls(cert) => {
-            let config = cert.rustls_config().await?;
+    let tls = match listen {
+        Listen::Tls(cert) => Some(cert.rustls_config().await?),
+        Listen::TlsMemory(identity) => Some(identity.rustls_config().await?),
+        Listen::Plain => None,
+    };
+    match tls {
+        Some(config) => {
             let server = axum_server::bind_rustls(addr, config).handle(handle.clone());
             tokio::spawn(async move {
                 if let Err(e) = server.serve(service).await {
@@ -183,7 +232,7 @@ pub async fn serve(router: Router, port: u16, listen: Listen<'_>) -> Result<Serv
                 }
             });
         }
-        Listen::Plain => {
+        None => {
             let server = axum_server::bind(addr).handle(handle.clone());
             tokio::spawn(async move {
                 if let Err(e) = server.serve(service).await {

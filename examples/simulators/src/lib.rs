@@ -5,14 +5,21 @@
 //!   reporting and command APIs, outbound events, and a control API.
 //! - [`dataverse`]: Entra ID's token endpoint and the Dataverse Web API, with
 //!   service protection limits, and a control API.
+//! - [`smtp`]: an SMTP sink (STARTTLS or implicit TLS, AUTH) that keeps the e-mail
+//!   alerts it accepts, and refuses the next ones on demand.
+//! - [`webhook`]: an HTTP(S) sink that records the webhook alerts posted to it, with
+//!   scripted answers (500, 429 with `Retry-After`, a delay).
 //!
-//! Both follow the documented protocols including their failures, and inject faults
-//! on demand. Each runs in-process (tests) or from the `simulators` command (demo).
+//! They follow the documented protocols including their failures, and inject faults
+//! on demand. Each runs in-process (tests); the appliance and Dataverse also from the
+//! `simulators` command (demo).
 
 pub mod appliance;
 pub mod common;
 pub mod dataverse;
+pub mod smtp;
 pub mod tls;
+pub mod webhook;
 
 /// A readable summary of both simulators' URLs and credentials.
 pub fn summary(appliance: &appliance::Appliance, dataverse: &dataverse::Dataverse) -> String {

@@ -11,16 +11,70 @@ use serde_json::{json, Value};
 use super::api::{ApiPath, ApiQuery, AppState};
 use super::error::ApiError;
 use super::rfc3339;
-use crate::store::events::{self, Filter, JobState, JobView};
+use crate::store::events::{self, Filter, JobState, JobView, Source};
 use crate::store::{now_ms, StoreError};
 
+/// The history's filters as the query string gives them; every one optional.
 #[derive(Debug, Deserialize)]
 pub struct EventQuery {
     configuration: Option<String>,
     state: Option<String>,
     lsid: Option<String>,
+    event_type: Option<String>,
+    source: Option<String>,
     since: Option<String>,
+    until: Option<String>,
+    before: Option<String>,
     limit: Option<String>,
+}
+
+impl EventQuery {
+    /// The checked filter; `max_limit` bounds `limit` (its default is 100).
+    fn filter(self, max_limit: usize) -> Result<Filter, ApiError> {
+        fn given(value: &Option<String>) -> Option<&str> {
+            value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+        let id = |name: &str, value: &Option<String>| -> Result<Option<i64>, ApiError> {
+            given(value)
+                .map(|v| {
+                    v.parse::<i64>()
+                        .map_err(|_| ApiError::BadRequest(format!("{name}={v:?} is not an id")))
+                })
+                .transpose()
+        };
+        let time = |name: &str, value: &Option<String>| -> Result<Option<i64>, ApiError> {
+            given(value).map(|v| parse_time_ms(name, v)).transpose()
+        };
+        let limit = match given(&self.limit) {
+            None => 100.min(max_limit),
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|l| (1..=max_limit).contains(l))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "limit={l:?} must be a number from 1 to {max_limit}"
+                    ))
+                })?,
+        };
+        Ok(Filter {
+            configuration_id: id("configuration", &self.configuration)?,
+            state: given(&self.state)
+                .map(|s| s.parse::<JobState>())
+                .transpose()
+                .map_err(|e| ApiError::BadRequest(format!("state={e}")))?,
+            lsid: given(&self.lsid).map(str::to_owned),
+            event_type: given(&self.event_type).map(str::to_owned),
+            source: given(&self.source)
+                .map(|s| s.parse::<Source>())
+                .transpose()
+                .map_err(|e| ApiError::BadRequest(format!("source={e}")))?,
+            since: time("since", &self.since)?,
+            until: time("until", &self.until)?,
+            before: id("before", &self.before)?,
+            limit,
+        })
+    }
 }
 
 fn job_json(job: &JobView) -> Value {
@@ -43,14 +97,11 @@ fn job_json(job: &JobView) -> Value {
     })
 }
 
-/// `since`: RFC 3339, or Unix seconds.
-fn parse_since(text: &str) -> Result<i64, ApiError> {
-    if let Ok(seconds) = text.parse::<i64>() {
-        return Ok(seconds.saturating_mul(1000));
-    }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| ApiError::BadRequest(format!("since={text:?} is neither an RFC 3339 time (2026-11-27T09:00:00Z) nor Unix seconds")))
+/// A time filter: RFC 3339, a date (midnight UTC) or Unix seconds; in ms.
+fn parse_time_ms(name: &str, text: &str) -> Result<i64, ApiError> {
+    super::parse_time(text)
+        .map(|seconds| seconds.saturating_mul(1000))
+        .map_err(|e| ApiError::BadRequest(format!("{name}={e}")))
 }
 
 fn store_error(e: StoreError, id: i64) -> ApiError {
@@ -60,45 +111,14 @@ fn store_error(e: StoreError, id: i64) -> ApiError {
     }
 }
 
+/// `GET /api/events`: the newest `limit` events that match, newest first; with
+/// `before=<id>`, those older than that event (keyset paging: pass the last id of a
+/// page to get the next).
 pub async fn list_events(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let configuration_id = match q.configuration.as_deref().filter(|c| !c.is_empty()) {
-        None => None,
-        Some(c) => Some(c.parse::<i64>().map_err(|_| {
-            ApiError::BadRequest(format!("configuration={c:?} is not a configuration id"))
-        })?),
-    };
-    let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => Some(
-            s.parse::<JobState>()
-                .map_err(|e| ApiError::BadRequest(format!("state={e}")))?,
-        ),
-    };
-    let limit = match q.limit.as_deref().filter(|l| !l.is_empty()) {
-        None => 100,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("limit={l:?} must be a number from 1 to 1000"))
-            })?,
-    };
-    let filter = Filter {
-        configuration_id,
-        state,
-        lsid: q.lsid.filter(|l| !l.is_empty()),
-        since: q
-            .since
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(parse_since)
-            .transpose()?,
-        limit,
-    };
+    let filter = q.filter(1000)?;
     let _slot = app
         .history_slots
         .acquire()
@@ -110,6 +130,164 @@ pub async fn list_events(
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(jobs.iter().map(job_json).collect()))
+}
+
+/// Rows an export holds at most: a larger history is exported in ranges.
+const EXPORT_MAX: usize = 100_000;
+
+/// `GET /api/events/export.csv`: the events that match the filters, newest first, as
+/// CSV (up to 100,000; `X-Truncated: true` when more matched).
+pub async fn export_events(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut filter = q.filter(EXPORT_MAX)?;
+    let wanted = if filter.limit == 100 {
+        EXPORT_MAX
+    } else {
+        filter.limit
+    };
+    let _slot = app
+        .history_slots
+        .acquire()
+        .await
+        .map_err(ApiError::internal)?;
+    let mut csv = String::from(
+        "id,received_at,configuration,event_type,lsid,source,state,attempts,last_error,result\n",
+    );
+    let (mut written, mut truncated) = (0, false);
+    loop {
+        filter.limit = 1000.min(wanted - written + 1);
+        let page_filter = filter.clone();
+        let page = app
+            .store
+            .read(move |conn| events::list(conn, &page_filter))
+            .await
+            .map_err(ApiError::internal)?;
+        for job in &page {
+            if written == wanted {
+                truncated = true;
+                break;
+            }
+            csv_row(&mut csv, job);
+            written += 1;
+        }
+        match page.last() {
+            Some(last) if !truncated && page.len() == filter.limit => filter.before = Some(last.id),
+            _ => break,
+        }
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"events.csv\"",
+            ),
+            (
+                header::HeaderName::from_static("x-truncated"),
+                if truncated { "true" } else { "false" },
+            ),
+        ],
+        csv,
+    ))
+}
+
+/// One CSV line (RFC 4180: fields with a comma, quote or line break are quoted, and
+/// quotes doubled). A field that a spreadsheet would run as a formula starts with a
+/// quote mark.
+fn csv_row(out: &mut String, job: &JobView) {
+    let fields = [
+        job.id.to_string(),
+        rfc3339(job.received_at),
+        job.configuration_name.clone().unwrap_or_default(),
+        job.event_type.clone(),
+        job.lsid.clone().unwrap_or_default(),
+        job.source.to_string(),
+        job.state.to_string(),
+        job.attempts.to_string(),
+        job.last_error.clone().unwrap_or_default(),
+        job.result.clone().unwrap_or_default(),
+    ];
+    let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+    out.push_str(&line.join(","));
+    out.push('\n');
+}
+
+fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CountQuery {
+    configuration: Option<String>,
+}
+
+/// `GET /api/events/counts`: events per state, of one configuration or of all.
+pub async fn count_events(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<CountQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let configuration_id = q
+        .configuration
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<i64>().map_err(|_| {
+                ApiError::BadRequest(format!("configuration={c:?} is not a configuration id"))
+            })
+        })
+        .transpose()?;
+    let counts = app
+        .store
+        .read(move |conn| events::counts_of(conn, configuration_id))
+        .await
+        .map_err(ApiError::internal)?;
+    let mut by_state = serde_json::Map::new();
+    for state in JobState::ALL {
+        let n = counts
+            .iter()
+            .find(|(s, _)| s == state)
+            .map_or(0, |(_, n)| *n);
+        by_state.insert(state.to_string(), json!(n));
+    }
+    Ok(Json(
+        json!({ "configuration": configuration_id, "states": by_state }),
+    ))
+}
+
+/// `POST /api/configurations/{id}/retry-failed`: every failed event of the
+/// configuration queued again, each with a fresh retry budget.
+pub async fn retry_failed(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let retried = app
+        .store
+        .call(move |conn| events::retry_failed(conn, id, now_ms()))
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::NotFound(format!("no configuration with id {id}")),
+            other => ApiError::internal(other),
+        })?;
+    tracing::info!(
+        configuration_id = id,
+        events = retried,
+        "failed events queued again by an admin"
+    );
+    if retried > 0 {
+        app.engine.wake();
+    }
+    Ok(Json(json!({ "retried": retried })))
 }
 
 pub async fn get_event(

@@ -94,6 +94,12 @@ pub fn router(
         )
         .route("/engines", get(api::list_engines))
         .route("/events", get(events_api::list_events))
+        .route("/events/export.csv", get(events_api::export_events))
+        .route("/events/counts", get(events_api::count_events))
+        .route(
+            "/configurations/{id}/retry-failed",
+            post(events_api::retry_failed),
+        )
         .route("/events/{id}", get(events_api::get_event))
         .route("/events/{id}/retry", post(events_api::retry_event))
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })

@@ -111,11 +111,31 @@ const TABLES: &[(&str, &[&str])] = &[
             "finished_at",
         ],
     ),
+    (
+        "audit",
+        &[
+            "id",
+            "at",
+            "client",
+            "action",
+            "configuration_id",
+            "configuration_name",
+            "detail",
+            "outcome",
+        ],
+    ),
     ("meta", &["key", "value"]),
 ];
 
 /// Tables whose ids come from a sequence the copy moves past the copied ids.
-const SEQUENCED: &[&str] = &["configurations", "events", "jobs", "attempts", "backfills"];
+const SEQUENCED: &[&str] = &[
+    "configurations",
+    "events",
+    "jobs",
+    "attempts",
+    "backfills",
+    "audit",
+];
 
 /// Rows read and written at a time.
 const CHUNK: i64 = 5_000;

@@ -159,12 +159,258 @@ pub fn insert_batch(
     now: i64,
 ) -> Result<Vec<Stored>, StoreError> {
     let tx = conn.transaction()?;
-    let mut stored = Vec::with_capacity(batch.len());
-    for (event, routing) in batch {
-        stored.push(insert_one(&tx, event, routing, now)?);
-    }
+    let stored = if tx.dialect() == super::db::Dialect::Postgres {
+        insert_many(&tx, batch, now)?
+    } else {
+        let mut stored = Vec::with_capacity(batch.len());
+        for (event, routing) in batch {
+            stored.push(insert_one(&tx, event, routing, now)?);
+        }
+        stored
+    };
     tx.commit()?;
     Ok(stored)
+}
+
+/// Events per multi-row statement: 9 parameters each, well under PostgreSQL's 65,535.
+const MANY: usize = 500;
+
+/// As `insert_one` for each event of a batch, in a few statements whatever its size:
+/// on PostgreSQL each statement is a round trip, and a group commit of 64 events
+/// would otherwise make some 130 of them. The same rules: a key already stored (or
+/// earlier in the batch) is a duplicate; a configuration deleted before the commit
+/// takes no job; every session end taken is remembered.
+fn insert_many(
+    tx: &Transaction<'_>,
+    batch: &[(NewEvent, Routing)],
+    now: i64,
+) -> Result<Vec<Stored>, StoreError> {
+    use std::collections::HashMap;
+    let mut stored: Vec<Option<Stored>> = vec![None; batch.len()];
+    // Events without a key cannot be matched back to their row: one at a time.
+    let mut first_with_key: HashMap<&str, usize> = HashMap::new();
+    let mut fresh: Vec<usize> = Vec::new();
+    let mut repeats: Vec<(usize, usize)> = Vec::new();
+    for (i, (event, routing)) in batch.iter().enumerate() {
+        match event.dedup_key.as_deref() {
+            None => stored[i] = Some(insert_one(tx, event, routing, now)?),
+            Some(key) => match first_with_key.get(key) {
+                Some(first) => repeats.push((i, *first)),
+                None => {
+                    first_with_key.insert(key, i);
+                    fresh.push(i);
+                }
+            },
+        }
+    }
+    // 1. The events, each key once; the keys already stored come back with no row.
+    let mut ids: HashMap<String, i64> = HashMap::new();
+    for chunk in fresh.chunks(MANY) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 8);
+        let mut rows = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            let event = &batch[i].0;
+            let fields =
+                serde_json::to_string(&event.fields).map_err(|source| StoreError::Corrupt {
+                    what: "an event's fields".into(),
+                    source,
+                })?;
+            let n = values.len();
+            rows.push(format!(
+                "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6,
+                n + 7,
+                n + 8
+            ));
+            values.extend([
+                Value::Text(event.source.as_str().to_owned()),
+                Value::Text(event.appliance_id.clone()),
+                Value::Text(event.event_type.clone()),
+                event.lsid.clone().map_or(Value::Null, Value::Text),
+                Value::Int(event.timestamp),
+                Value::Text(fields),
+                Value::Int(now),
+                event.dedup_key.clone().map_or(Value::Null, Value::Text),
+            ]);
+        }
+        let inserted: Vec<(i64, String)> = tx.query(
+            &format!(
+                "INSERT INTO events (source, appliance_id, event_type, lsid, timestamp, fields, received_at, dedup_key)
+                 VALUES {} ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key",
+                rows.join(", ")
+            ),
+            &params_from_iter(&values),
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        ids.extend(inserted.into_iter().map(|(id, key)| (key, id)));
+    }
+    let known: Vec<Value> = fresh
+        .iter()
+        .filter_map(|&i| batch[i].0.dedup_key.clone())
+        .filter(|key| !ids.contains_key(key))
+        .map(Value::Text)
+        .collect();
+    let mut existing: HashMap<String, i64> = HashMap::new();
+    for chunk in known.chunks(MANY) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|n| format!("?{n}")).collect();
+        let rows: Vec<(i64, String)> = tx.query(
+            &format!(
+                "SELECT id, dedup_key FROM events WHERE dedup_key IN ({})",
+                marks.join(", ")
+            ),
+            &params_from_iter(chunk),
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        existing.extend(rows.into_iter().map(|(id, key)| (key, id)));
+    }
+    // 2. The configurations still there, held shared until the commit (see
+    // `insert_one`), in id order so that two batches never wait on each other.
+    let mut targets: Vec<i64> = fresh
+        .iter()
+        .filter_map(|&i| match &batch[i].1 {
+            Routing::To(to) => Some(to.iter().map(|(id, _)| *id)),
+            Routing::Ignored(_) => None,
+        })
+        .flatten()
+        .collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let mut alive: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    for chunk in targets.chunks(MANY) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|n| format!("?{n}")).collect();
+        let values: Vec<Value> = chunk.iter().map(|id| Value::Int(*id)).collect();
+        alive.extend(tx.query(
+            &format!(
+                "SELECT id FROM configurations WHERE id IN ({}) ORDER BY id FOR SHARE",
+                marks.join(", ")
+            ),
+            &params_from_iter(&values),
+            |r| r.get::<_, i64>(0),
+        )?);
+    }
+    // 3. Their jobs and the session ends they take.
+    let mut jobs: Vec<[Value; 9]> = Vec::new();
+    let mut ends: Vec<(i64, String)> = Vec::new();
+    for &i in &fresh {
+        let (event, routing) = &batch[i];
+        let key = event.dedup_key.as_deref().unwrap_or_default();
+        let Some(&event_id) = ids.get(key) else {
+            stored[i] = Some(Stored::Duplicate {
+                event_id: existing.get(key).copied().ok_or(StoreError::NotFound)?,
+            });
+            continue;
+        };
+        let job = |configuration: Option<(i64, &str)>, state: JobState, error: Option<String>| {
+            [
+                Value::Int(event_id),
+                configuration.map_or(Value::Null, |(id, _)| Value::Int(id)),
+                configuration.map_or(Value::Null, |(_, name)| Value::Text(name.to_owned())),
+                Value::Text(event.source.as_str().to_owned()),
+                Value::Text(event.event_type.clone()),
+                event.lsid.clone().map_or(Value::Null, Value::Text),
+                Value::Text(state.as_str().to_owned()),
+                Value::Int(now),
+                error.map_or(Value::Null, Value::Text),
+            ]
+        };
+        let session_end = event
+            .lsid
+            .as_deref()
+            .filter(|_| event.event_type == super::bulk::SESSION_END);
+        let mut taken = 0;
+        let mut deleted = Vec::new();
+        if let Routing::To(to) = routing {
+            for (id, name) in to {
+                if alive.contains(id) {
+                    jobs.push(job(Some((*id, name)), JobState::Pending, None));
+                    taken += 1;
+                    if let Some(lsid) = session_end {
+                        ends.push((*id, lsid.to_owned()));
+                    }
+                } else {
+                    deleted.push(name.as_str());
+                }
+            }
+        }
+        if taken == 0 {
+            let reason = match routing {
+                Routing::Ignored(reason) => reason.clone(),
+                Routing::To(_) => format!(
+                    "the configuration {} was deleted as the event arrived",
+                    deleted.join(", ")
+                ),
+            };
+            jobs.push(job(None, JobState::Ignored, Some(reason)));
+        }
+        stored[i] = Some(Stored::New {
+            event_id,
+            jobs: taken,
+        });
+    }
+    for chunk in jobs.chunks(MANY) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 9);
+        let mut rows = Vec::with_capacity(chunk.len());
+        for job in chunk {
+            let n = values.len();
+            // next_attempt_at, received_at and updated_at are all `now` (?n+8).
+            rows.push(format!(
+                "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6,
+                n + 7,
+                n + 8,
+                n + 9,
+                n + 8,
+                n + 8
+            ));
+            values.extend(job.iter().cloned());
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO jobs (event_id, configuration_id, configuration_name, source, event_type, lsid, state,
+                                   next_attempt_at, last_error, received_at, updated_at)
+                 VALUES {}",
+                rows.join(", ")
+            ),
+            &params_from_iter(&values),
+        )?;
+    }
+    for chunk in ends.chunks(MANY) {
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
+        let mut rows = Vec::with_capacity(chunk.len());
+        for (id, lsid) in chunk {
+            let n = values.len();
+            rows.push(format!("(?{}, ?{})", n + 1, n + 2));
+            values.extend([Value::Int(*id), Value::Text(lsid.clone())]);
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO session_ends (configuration_id, lsid) VALUES {} ON CONFLICT DO NOTHING",
+                rows.join(", ")
+            ),
+            &params_from_iter(&values),
+        )?;
+    }
+    for (i, first) in repeats {
+        let event_id = match stored[first] {
+            Some(Stored::New { event_id, .. } | Stored::Duplicate { event_id }) => event_id,
+            None => return Err(StoreError::NotFound),
+        };
+        stored[i] = Some(Stored::Duplicate { event_id });
+    }
+    stored
+        .into_iter()
+        .map(|s| s.ok_or(StoreError::NotFound))
+        .collect()
 }
 
 /// Stores what a poll found for one configuration, with its new cursor, atomically.
@@ -571,7 +817,15 @@ pub struct Filter {
     pub configuration_id: Option<i64>,
     pub state: Option<JobState>,
     pub lsid: Option<String>,
+    pub event_type: Option<String>,
+    pub source: Option<Source>,
+    /// Received at or after (ms).
     pub since: Option<i64>,
+    /// Received before (ms).
+    pub until: Option<i64>,
+    /// Keyset paging: only events older than this one (smaller ids), so that every
+    /// event is reached page by page, none twice, however the history grows meanwhile.
+    pub before: Option<i64>,
     pub limit: usize,
 }
 
@@ -590,6 +844,22 @@ fn list_query(filter: &Filter) -> (String, Vec<Value>) {
     if let Some(lsid) = &filter.lsid {
         args.push(lsid.clone().into());
         sql.push_str(&format!(" AND j.lsid = ?{}", args.len()));
+    }
+    if let Some(event_type) = &filter.event_type {
+        args.push(event_type.clone().into());
+        sql.push_str(&format!(" AND j.event_type = ?{}", args.len()));
+    }
+    if let Some(source) = filter.source {
+        args.push(source.as_str().to_owned().into());
+        sql.push_str(&format!(" AND j.source = ?{}", args.len()));
+    }
+    if let Some(before) = filter.before {
+        args.push(before.into());
+        sql.push_str(&format!(" AND j.id < ?{}", args.len()));
+    }
+    if let Some(until) = filter.until {
+        args.push(until.into());
+        sql.push_str(&format!(" AND j.received_at < ?{}", args.len()));
     }
     if let Some(since) = filter.since {
         args.push(since.into());
@@ -733,6 +1003,43 @@ pub fn prune_step(conn: &mut Connection, before: i64, limit: usize) -> Result<us
     Ok(due.len())
 }
 
+/// Puts every failed job of a configuration back in the queue, each with a fresh
+/// retry budget (the page's "retry all failed"). Returns how many.
+pub fn retry_failed(
+    conn: &Connection,
+    configuration_id: i64,
+    now: i64,
+) -> Result<usize, StoreError> {
+    if !conn.exists(
+        "SELECT 1 FROM configurations WHERE id = ?1",
+        params![configuration_id],
+    )? {
+        return Err(StoreError::NotFound);
+    }
+    conn.execute(
+        "UPDATE jobs SET state = ?3, failures = 0, next_attempt_at = ?2, updated_at = ?2
+         WHERE configuration_id = ?1 AND state = 'failed'",
+        params![configuration_id, now, JobState::Pending],
+    )
+}
+
+/// Jobs per state of one configuration (or of all), for the history's counts.
+pub fn counts_of(
+    conn: &Connection,
+    configuration_id: Option<i64>,
+) -> Result<Vec<(JobState, i64)>, StoreError> {
+    let Some(id) = configuration_id else {
+        return counts_by_state(conn);
+    };
+    let mut rows: Vec<(JobState, i64)> = conn.query(
+        "SELECT state, COUNT(*) FROM jobs WHERE configuration_id = ?1 GROUP BY state",
+        params![id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    rows.sort();
+    Ok(rows)
+}
+
 /// Jobs per state, for the metrics.
 pub fn counts_by_state(conn: &Connection) -> Result<Vec<(JobState, i64)>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
@@ -768,6 +1075,56 @@ mod tests {
     }
 
     crate::store::on_both_stores! {
+        fn a_mixed_batch_is_stored_alike_on_both_servers(conn) {
+            let earlier = insert_batch(&mut conn, &[(event("x", 1), to(1))], 5).expect("earlier");
+            let Stored::New { event_id: x, .. } = earlier[0] else { panic!("{earlier:?}") };
+            let stored = insert_batch(
+                &mut conn,
+                &[
+                    (event("a", 1), Routing::To(vec![(1, "c1".into()), (2, "c2".into())])),
+                    (event("b", 1), Routing::Ignored("no configuration takes it".into())),
+                    (event("a", 1), to(1)),
+                    (event("c", 1), Routing::To(vec![(3, "c3".into())])),
+                    (event("x", 1), to(1)),
+                ],
+                10,
+            )
+            .expect("stored");
+            let Stored::New { event_id: a, jobs: 2 } = stored[0] else { panic!("{stored:?}") };
+            assert!(matches!(stored[1], Stored::New { jobs: 0, .. }), "{stored:?}");
+            assert_eq!(stored[2], Stored::Duplicate { event_id: a });
+            assert!(matches!(stored[3], Stored::New { jobs: 0, .. }), "{stored:?}");
+            assert_eq!(stored[4], Stored::Duplicate { event_id: x });
+            let jobs: Vec<(Option<i64>, JobState, Option<String>)> = conn
+                .query(
+                    "SELECT configuration_id, state, last_error FROM jobs WHERE received_at = 10 ORDER BY id",
+                    params![],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .expect("jobs");
+            assert_eq!(
+                jobs,
+                vec![
+                    (Some(1), JobState::Pending, None),
+                    (Some(2), JobState::Pending, None),
+                    (None, JobState::Ignored, Some("no configuration takes it".into())),
+                    (
+                        None,
+                        JobState::Ignored,
+                        Some("the configuration c3 was deleted as the event arrived".into())
+                    ),
+                ]
+            );
+            let ends: Vec<(i64, String)> = conn
+                .query(
+                    "SELECT configuration_id, lsid FROM session_ends ORDER BY configuration_id, lsid",
+                    params![],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .expect("ends");
+            assert_eq!(ends, vec![(1, "a".into()), (1, "x".into()), (2, "a".into())]);
+        }
+
         fn a_batch_is_stored_with_its_jobs_and_a_redelivery_once(conn) {
             let stored = insert_batch(
                 &mut conn,
@@ -996,6 +1353,18 @@ mod tests {
             },
             Filter {
                 since: Some(5),
+                ..Filter::default()
+            },
+            Filter {
+                event_type: Some("support_conference_end".into()),
+                ..Filter::default()
+            },
+            Filter {
+                source: Some(Source::Backfill),
+                ..Filter::default()
+            },
+            Filter {
+                before: Some(100),
                 ..Filter::default()
             },
         ];
