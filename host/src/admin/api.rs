@@ -10,6 +10,7 @@ use axum::{extract::State, Json};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use super::audit::{audited, Audited};
 use super::error::ApiError;
 use super::rfc3339;
 use crate::configurations::{Configuration, ConfigurationInput, Configurations, Status};
@@ -215,31 +216,99 @@ pub async fn get_configuration(
     Ok(Json(view(&app, config).await?))
 }
 
+/// For the audit log: the configuration a change is about.
+fn about(config: &Configuration, detail: Value) -> Audited {
+    Audited {
+        configuration_id: Some(config.id),
+        configuration_name: Some(config.name.clone()),
+        detail,
+    }
+}
+
 pub async fn create_configuration(
     State(app): State<AppState>,
     ApiJson(input): ApiJson<ConfigurationInput>,
 ) -> Result<Response, ApiError> {
     let config = app.configurations.create(input).await?;
     tracing::info!(configuration = %config.name, plugin = %config.plugin, "configuration created");
-    Ok(created(view(&app, config).await?))
+    let audit = about(&config, json!({ "plugin": config.plugin }));
+    Ok(audited(created(view(&app, config).await?), audit))
+}
+
+/// The settings an edit changed, by name: a plain one with its old and new values, a
+/// secret only as "changed".
+fn changes(app: &AdminState, before: &Configuration, after: &Configuration) -> Value {
+    let secret = |key: &str| {
+        before
+            .secret_keys
+            .iter()
+            .chain(&after.secret_keys)
+            .any(|k| k == key)
+            || app
+                .configurations
+                .registry()
+                .plugin(&after.plugin)
+                .is_some_and(|p| {
+                    p.manifest
+                        .settings
+                        .iter()
+                        .any(|d| d.key == key && d.is_secret())
+                })
+    };
+    let mut keys: Vec<&String> = before
+        .settings
+        .0
+        .keys()
+        .chain(after.settings.0.keys())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut changed = Map::new();
+    for key in keys {
+        let (old, new) = (before.settings.0.get(key), after.settings.0.get(key));
+        if old != new {
+            let value = if secret(key) {
+                json!("changed")
+            } else {
+                json!({ "from": old, "to": new })
+            };
+            changed.insert(key.clone(), value);
+        }
+    }
+    if before.name != after.name {
+        changed.insert(
+            "name".into(),
+            json!({ "from": before.name, "to": after.name }),
+        );
+    }
+    if before.disabled != after.disabled {
+        changed.insert(
+            "disabled".into(),
+            json!({ "from": before.disabled, "to": after.disabled }),
+        );
+    }
+    json!({ "changed": changed })
 }
 
 pub async fn update_configuration(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiJson(input): ApiJson<ConfigurationInput>,
-) -> Result<Json<ConfigurationView>, ApiError> {
+) -> Result<Response, ApiError> {
+    let before = app.configurations.get(id).await?;
     let config = app.configurations.update(id, input).await?;
     tracing::info!(configuration = %config.name, plugin = %config.plugin, "configuration saved");
-    Ok(Json(view(&app, config).await?))
+    let audit = about(&config, changes(&app, &before, &config));
+    Ok(audited(Json(view(&app, config).await?), audit))
 }
 
 pub async fn delete_configuration(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
+    let before = app.configurations.get(id).await?;
     app.configurations.delete(id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(audited(StatusCode::NO_CONTENT, about(&before, json!({}))))
 }
 
 pub async fn copy_configuration(
@@ -247,23 +316,30 @@ pub async fn copy_configuration(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Response, ApiError> {
     let config = app.configurations.copy(id).await?;
-    Ok(created(view(&app, config).await?))
+    let audit = Audited {
+        configuration_id: Some(id),
+        configuration_name: None,
+        detail: json!({ "copy_id": config.id, "copy_name": config.name }),
+    };
+    Ok(audited(created(view(&app, config).await?), audit))
 }
 
 pub async fn enable_configuration(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Json<ConfigurationView>, ApiError> {
+) -> Result<Response, ApiError> {
     let config = app.configurations.set_disabled(id, false).await?;
-    Ok(Json(view(&app, config).await?))
+    let audit = about(&config, json!({}));
+    Ok(audited(Json(view(&app, config).await?), audit))
 }
 
 pub async fn disable_configuration(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Json<ConfigurationView>, ApiError> {
+) -> Result<Response, ApiError> {
     let config = app.configurations.set_disabled(id, true).await?;
-    Ok(Json(view(&app, config).await?))
+    let audit = about(&config, json!({}));
+    Ok(audited(Json(view(&app, config).await?), audit))
 }
 
 pub async fn test_configuration(
@@ -287,7 +363,7 @@ pub async fn list_actions(
 pub async fn run_action(
     State(app): State<AppState>,
     ApiPath((id, action)): ApiPath<(i64, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let sink = std::sync::Arc::clone(&progress);
     let log: plugin_api::loader::LogFn = std::sync::Arc::new(move |_, line: &str| {
@@ -298,7 +374,13 @@ pub async fn run_action(
     });
     let report = app.configurations.run_action(id, &action, log).await?;
     let lines = progress.lock().map(|l| l.clone()).unwrap_or_default();
-    Ok(Json(
-        json!({ "ok": report.ok(), "checks": report.checks, "progress": lines }),
+    let audit = Audited {
+        configuration_id: Some(id),
+        configuration_name: None,
+        detail: json!({ "action": action, "ok": report.ok() }),
+    };
+    Ok(audited(
+        Json(json!({ "ok": report.ok(), "checks": report.checks, "progress": lines })),
+        audit,
     ))
 }

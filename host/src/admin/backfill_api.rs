@@ -4,7 +4,7 @@
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -105,12 +105,18 @@ pub async fn start_backfill(
         .engine
         .start_backfill(configuration_id, since, until)
         .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/api/backfills/{id}"))],
-        Json(json!({ "id": id })),
-    )
-        .into_response())
+    Ok(super::audit::audited(
+        (
+            StatusCode::ACCEPTED,
+            [(header::LOCATION, format!("/api/backfills/{id}"))],
+            Json(json!({ "id": id })),
+        ),
+        super::audit::Audited {
+            configuration_id: Some(configuration_id),
+            configuration_name: None,
+            detail: json!({ "backfill": id, "since": since, "until": until }),
+        },
+    ))
 }
 
 /// `GET /api/backfills/{id}`.
@@ -131,7 +137,7 @@ pub async fn get_backfill(
 pub async fn cancel_backfill(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Json<BackfillView>, ApiError> {
+) -> Result<Response, ApiError> {
     let cancelled = app
         .engine
         .cancel_backfill(id)
@@ -149,7 +155,12 @@ pub async fn cancel_backfill(
         )));
     }
     tracing::info!(backfill = id, configuration = %view.configuration_name, "backfill cancelled by an admin");
-    Ok(Json(view))
+    let audit = super::audit::Audited {
+        configuration_id: Some(view.configuration_id),
+        configuration_name: Some(view.configuration_name.clone()),
+        detail: json!({ "backfill": id }),
+    };
+    Ok(super::audit::audited(Json(view), audit))
 }
 
 /// `GET /api/configurations/{id}/backfills`: newest first.

@@ -1,6 +1,7 @@
 //! The admin address: the JSON API under `/api`, the admin page, `/healthz`.
 
 mod api;
+mod audit;
 mod backfill_api;
 pub mod error;
 mod events_api;
@@ -93,6 +94,7 @@ pub fn router(
             get(backfill_api::get_backfill).delete(backfill_api::cancel_backfill),
         )
         .route("/engines", get(api::list_engines))
+        .route("/audit", get(audit::list))
         .route("/events", get(events_api::list_events))
         .route("/events/export.csv", get(events_api::export_events))
         .route("/events/counts", get(events_api::count_events))
@@ -102,6 +104,11 @@ pub fn router(
         )
         .route("/events/{id}", get(events_api::get_event))
         .route("/events/{id}/retry", post(events_api::retry_event))
+        // Every change made through these routes is written to the audit log.
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            audit::record,
+        ))
         .fallback(|| async { ApiError::NotFound("no such API endpoint".into()) })
         .with_state(Arc::clone(&state));
     Router::new()

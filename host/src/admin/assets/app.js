@@ -270,30 +270,62 @@ async function deleteConfig(config) {
 
 // ---- the event history ----
 
-const eventHistory = { filters: { configuration: "", state: "", lsid: "" }, open: new Set() };
+const HISTORY_FILTERS = { configuration: "", state: "", lsid: "", event_type: "", source: "", since: "", until: "" };
+// `before`: the id the page shown starts below (keyset paging); `pages`: the ones
+// before it, so that "Newest" goes back to the top.
+const eventHistory = { filters: { ...HISTORY_FILTERS }, open: new Set(), before: null };
+const HISTORY_PAGE = 200;
 
 function fmtTime(t) { return t ? new Date(t).toLocaleString() : ""; }
 
 async function openHistory(filters) {
-  Object.assign(eventHistory.filters, { configuration: "", state: "", lsid: "" }, filters || {});
+  eventHistory.filters = { ...HISTORY_FILTERS, ...(filters || {}) };
+  eventHistory.before = null;
   const select = document.getElementById("filter-configuration");
   select.replaceChildren(el("option", { value: "", text: "all" }),
     ...state.configurations.map((c) => el("option", { value: String(c.id), text: c.name })));
   select.value = eventHistory.filters.configuration;
   document.getElementById("filter-state").value = eventHistory.filters.state;
   document.getElementById("filter-lsid").value = eventHistory.filters.lsid;
+  document.getElementById("filter-event-type").value = eventHistory.filters.event_type;
+  document.getElementById("filter-source").value = eventHistory.filters.source;
+  document.getElementById("filter-since").value = eventHistory.filters.since;
+  document.getElementById("filter-until").value = eventHistory.filters.until;
   const dialog = document.getElementById("history-dialog");
   if (!dialog.open) dialog.showModal();
   await loadHistory();
 }
 
-async function loadHistory() {
-  const params = new URLSearchParams({ limit: "200" });
+function historyParams() {
+  const params = new URLSearchParams();
   for (const [k, v] of Object.entries(eventHistory.filters)) if (v) params.set(k, v);
-  const r = await api("GET", "/api/events?" + params);
+  return params;
+}
+
+async function loadHistory() {
+  const params = historyParams();
+  document.getElementById("history-export").href = "/api/events/export.csv?" + params;
+  params.set("limit", String(HISTORY_PAGE));
+  if (eventHistory.before) params.set("before", String(eventHistory.before));
+  const [r, counts] = await Promise.all([api("GET", "/api/events?" + params),
+    api("GET", "/api/events/counts?" + new URLSearchParams({ configuration: eventHistory.filters.configuration }))]);
   const body = document.getElementById("history-body");
-  if (!r.ok) { body.replaceChildren(el("p", { class: "error-banner", text: (r.data || {}).error || "Cannot load the history" })); return; }
+  const older = document.getElementById("history-older");
+  const newest = document.getElementById("history-newest");
+  newest.disabled = !eventHistory.before;
+  older.disabled = true;
+  if (counts.ok) {
+    const states = counts.data.states || {};
+    const shown = Object.entries(states).filter(([, n]) => n > 0).map(([k, n]) => `${n} ${k}`);
+    document.getElementById("history-counts").textContent = shown.length ? shown.join(", ") : "No events yet.";
+    document.getElementById("history-retry-all").hidden = !(eventHistory.filters.configuration && states.failed > 0);
+  }
+  if (!r.ok) { body.replaceChildren(el("p", { class: "error-banner", role: "alert", text: (r.data || {}).error || "Cannot load the history" })); return; }
   if (r.data.length === 0) { body.replaceChildren(el("p", { class: "muted", text: "No events match." })); return; }
+  if (r.data.length === HISTORY_PAGE) {
+    older.disabled = false;
+    older.dataset.before = String(r.data[r.data.length - 1].id);
+  }
   const rows = [];
   for (const e of r.data) {
     rows.push(el("tr", { "data-event-id": e.id },
@@ -340,6 +372,50 @@ async function retryEvent(id) {
   if (r.ok) notify("Queued again.");
   else notify((r.data || {}).error || "Retry failed", "error");
   await loadHistory();
+}
+
+// ---- the audit log ----
+
+const auditLog = { before: null };
+const AUDIT_PAGE = 100;
+
+async function openAudit() {
+  auditLog.before = null;
+  const dialog = document.getElementById("audit-dialog");
+  if (!dialog.open) dialog.showModal();
+  await loadAudit();
+}
+
+function auditDetail(detail) {
+  const changed = detail && detail.changed;
+  if (changed && typeof changed === "object") {
+    const parts = Object.entries(changed).map(([key, v]) =>
+      v === "changed" ? `${key}: changed` : `${key}: ${JSON.stringify(v.from)} → ${JSON.stringify(v.to)}`);
+    return parts.length ? parts.join("; ") : "nothing changed";
+  }
+  return Object.entries(detail || {}).map(([k, v]) => `${k}: ${typeof v === "string" ? v : JSON.stringify(v)}`).join("; ");
+}
+
+async function loadAudit() {
+  const params = new URLSearchParams({ limit: String(AUDIT_PAGE) });
+  if (auditLog.before) params.set("before", String(auditLog.before));
+  const r = await api("GET", "/api/audit?" + params);
+  const body = document.getElementById("audit-body");
+  const older = document.getElementById("audit-older");
+  document.getElementById("audit-newest").disabled = !auditLog.before;
+  older.disabled = true;
+  if (!r.ok) { body.replaceChildren(el("p", { class: "error-banner", role: "alert", text: (r.data || {}).error || "Cannot load the audit log" })); return; }
+  if (r.data.length === 0) { body.replaceChildren(el("p", { class: "muted", text: "No changes recorded yet." })); return; }
+  if (r.data.length === AUDIT_PAGE) { older.disabled = false; older.dataset.before = String(r.data[r.data.length - 1].id); }
+  body.replaceChildren(el("table", { class: "history" },
+    el("thead", {}, el("tr", {}, ["When", "Client", "Change", "Configuration", "What", "Outcome"].map((h) => el("th", { scope: "col", text: h })))),
+    el("tbody", {}, r.data.map((e) => el("tr", { "data-audit-id": e.id, "data-audit-action": e.action },
+      el("td", { text: fmtTime(e.at) }),
+      el("td", {}, el("code", { text: e.client })),
+      el("td", { text: e.action }),
+      el("td", { text: e.configuration_name || (e.configuration_id ? "#" + e.configuration_id : "—") }),
+      el("td", { class: "detail", text: auditDetail(e.detail) }),
+      el("td", { class: e.outcome === "ok" ? "" : "error-text", text: e.outcome }))))));
 }
 
 // ---- reconciliation and backfill of one configuration ----
@@ -659,9 +735,38 @@ document.addEventListener("DOMContentLoaded", () => {
       configuration: document.getElementById("filter-configuration").value,
       state: document.getElementById("filter-state").value,
       lsid: document.getElementById("filter-lsid").value.trim(),
+      event_type: document.getElementById("filter-event-type").value.trim(),
+      source: document.getElementById("filter-source").value,
+      since: document.getElementById("filter-since").value,
+      until: document.getElementById("filter-until").value,
     };
+    eventHistory.before = null;
     loadHistory();
   });
+  document.getElementById("history-older").addEventListener("click", (event) => {
+    eventHistory.before = Number(event.currentTarget.dataset.before);
+    loadHistory().then(() => document.getElementById("history-dialog").querySelector("h2").focus());
+  });
+  document.getElementById("history-newest").addEventListener("click", () => {
+    eventHistory.before = null;
+    loadHistory();
+  });
+  document.getElementById("retry-all").addEventListener("click", async () => {
+    const id = eventHistory.filters.configuration;
+    const config = state.configurations.find((c) => String(c.id) === id);
+    if (!config || !window.confirm(`Queue every failed event of ${config.name} again?`)) return;
+    const r = await api("POST", `/api/configurations/${id}/retry-failed`);
+    if (r.ok) notify(`${r.data.retried} failed events queued again.`);
+    else notify((r.data || {}).error || "Retry failed", "error");
+    await loadHistory();
+  });
+  document.getElementById("open-audit").addEventListener("click", () => openAudit());
+  document.getElementById("audit-close").addEventListener("click", () => document.getElementById("audit-dialog").close());
+  document.getElementById("audit-older").addEventListener("click", (event) => {
+    auditLog.before = Number(event.currentTarget.dataset.before);
+    loadAudit();
+  });
+  document.getElementById("audit-newest").addEventListener("click", () => { auditLog.before = null; loadAudit(); });
   document.getElementById("form-cancel").addEventListener("click", () => document.getElementById("form-dialog").close());
   document.getElementById("backfill-form").addEventListener("submit", startBackfill);
   document.getElementById("reconcile-now").addEventListener("click", reconcileNow);
