@@ -29,14 +29,14 @@ pub enum CliError {
 }
 
 impl CliError {
-    fn exit_code(&self) -> ExitCode {
+    pub fn exit_code(&self) -> ExitCode {
         match self {
             Self::Input(_) => ExitCode::from(2),
             Self::Engine(_) => ExitCode::FAILURE,
         }
     }
 
-    fn message(&self) -> &str {
+    pub fn message(&self) -> &str {
         match self {
             Self::Input(m) | Self::Engine(m) => m,
         }

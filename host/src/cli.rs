@@ -38,6 +38,12 @@ enum Command {
         /// The action's name (the admin page lists each plugin's actions)
         action: String,
     },
+    /// The configurations as one JSON document, through the running engine: `config
+    /// export [--secrets sealed] [--out FILE]`, `config import FILE`.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// The store: `store copy --to postgres://...` copies the embedded store into an
     /// empty PostgreSQL database.
     Store {
@@ -74,6 +80,28 @@ enum PluginsCommand {
     /// folder; the service must be restarted to load it.
     Install {
         /// The plugin's ZIP file
+        file: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Write every configuration as JSON (to standard output, or --out FILE, made
+    /// owner-only). Secrets are left out unless --secrets sealed: then they are
+    /// sealed with this engine's key, for engines holding the same key file.
+    Export {
+        /// none (the default) or sealed
+        #[arg(long, value_name = "HOW", default_value = "none", value_parser = ["none", "sealed"])]
+        secrets: String,
+        /// The file to write
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Create or update the configurations of an export, by plugin and name; prints
+    /// created / updated / unchanged / invalid for each, and the secrets still to be
+    /// given. Exits 1 when one was invalid.
+    Import {
+        /// The export's file
         file: std::path::PathBuf,
     },
 }
@@ -143,6 +171,12 @@ pub fn main() -> ExitCode {
         Command::Store {
             command: StoreCommand::Copy { to },
         } => store_copy(&settings, &to),
+        Command::Config {
+            command: ConfigCommand::Export { secrets, out },
+        } => crate::config_cli::export(&settings, secrets == "sealed", out.as_deref()),
+        Command::Config {
+            command: ConfigCommand::Import { file },
+        } => crate::config_cli::import(&settings, &file),
         Command::Serve => serve(&settings),
         Command::Action {
             configuration,

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod backfill_cli;
 pub mod cli;
+pub mod config_cli;
 pub mod configurations;
 pub mod engine;
 pub mod intake;

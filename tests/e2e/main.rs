@@ -18,3 +18,4 @@ mod plugins_install;
 mod readiness;
 mod tls;
 mod tls_init;
+mod transfer;

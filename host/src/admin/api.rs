@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{extract::State, Json};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::audit::{audited, Audited};
@@ -348,6 +348,60 @@ pub async fn test_configuration(
 ) -> Result<Json<Value>, ApiError> {
     let report = app.configurations.test(id).await?;
     Ok(Json(json!({ "ok": report.ok(), "checks": report.checks })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ExportQuery {
+    secrets: Option<String>,
+}
+
+/// `GET /api/configurations/export?secrets=none|sealed`: every configuration as one
+/// JSON document; secrets left out, or sealed with this engine's key (never in
+/// clear).
+pub async fn export_configurations(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let sealed = match q.secrets.as_deref().map(str::trim) {
+        None | Some("") | Some("none") => false,
+        Some("sealed") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "secrets={other:?}: give none (the default: secrets left out) or sealed (sealed with this engine's key, for engines holding the same key file)"
+            )))
+        }
+    };
+    let document = app.configurations.export(sealed).await?;
+    Ok((
+        [(
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"configurations.json\"",
+        )],
+        Json(document),
+    )
+        .into_response())
+}
+
+/// `POST /api/configurations/import`: an export's document; per configuration,
+/// `created`, `updated`, `unchanged` or `invalid` (with `errors`), and the secrets
+/// still to be given.
+pub async fn import_configurations(
+    State(app): State<AppState>,
+    ApiJson(document): ApiJson<crate::configurations::transfer::Document>,
+) -> Result<Response, ApiError> {
+    let report = app.configurations.import(document).await?;
+    let summary: Vec<Value> = report
+        .iter()
+        .map(|r| json!({ "plugin": r.plugin, "name": r.name, "result": r.result }))
+        .collect();
+    Ok(audited(
+        Json(json!({ "configurations": report })),
+        Audited {
+            configuration_id: None,
+            configuration_name: None,
+            detail: json!({ "configurations": summary }),
+        },
+    ))
 }
 
 /// `GET /api/configurations/{id}/actions`: what the configuration's plugin offers.

@@ -42,6 +42,7 @@ fn action_of(method: &Method, route: &str) -> Option<&'static str> {
     let route = route.strip_prefix("/api").unwrap_or(route);
     Some(match (method.as_str(), route) {
         ("POST", "/configurations") => "create",
+        ("POST", "/configurations/import") => "import",
         ("PUT", "/configurations/{id}") => "edit",
         ("DELETE", "/configurations/{id}") => "delete",
         ("POST", "/configurations/{id}/copy") => "copy",

@@ -56,6 +56,8 @@ pub fn router(
             "/configurations",
             get(api::list_configurations).post(api::create_configuration),
         )
+        .route("/configurations/export", get(api::export_configurations))
+        .route("/configurations/import", post(api::import_configurations))
         .route(
             "/configurations/{id}",
             get(api::get_configuration)

@@ -3,6 +3,7 @@
 
 pub mod live;
 pub mod policy;
+pub mod transfer;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -188,6 +189,40 @@ impl Configurations {
             valid.disabled,
             valid.settings,
         )?;
+        let row = self.store.insert_configuration(new).await?;
+        let config = self.decrypt(row);
+        self.apply(&config).await;
+        Ok(config)
+    }
+
+    /// As [`Configurations::create`], for an import that lacks the secrets `missing`:
+    /// the rest is checked as for any configuration (the missing ones standing in
+    /// with a placeholder), and it is stored disabled and without them, to be given
+    /// on its page.
+    pub(super) async fn create_missing_secrets(
+        &self,
+        input: ConfigurationInput,
+        missing: &[String],
+    ) -> Result<Configuration, ConfigError> {
+        if missing.is_empty() {
+            return self.create(input).await;
+        }
+        let manifest = self.manifest(&input.plugin)?;
+        let mut probe = input.clone();
+        for key in missing {
+            probe.settings.insert(
+                key.clone(),
+                serde_json::Value::String("placeholder-for-a-secret-to-give".into()),
+            );
+        }
+        let valid = self
+            .validate(&manifest, &probe, &Settings::default())
+            .await?;
+        let mut settings = valid.settings;
+        for key in missing {
+            settings.0.remove(key);
+        }
+        let new = self.seal(&manifest, &input.plugin, valid.name, true, settings)?;
         let row = self.store.insert_configuration(new).await?;
         let config = self.decrypt(row);
         self.apply(&config).await;
