@@ -238,3 +238,52 @@ async fn filters_counts_retry_all_failed_and_the_csv_export() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_configurations_health_shows_its_queue_its_last_failure_and_what_needs_attention() {
+    let plugins = PluginsDir::new();
+    plugins.add("scripted", "fixture_scripted");
+    let host = TestHost::start(&plugins);
+    let id = scripted(&host).await;
+    let (_, fresh) = host.get(&format!("/api/configurations/{id}")).await;
+    assert_eq!(fresh["health"]["attention"], json!([]), "{fresh}");
+    assert_eq!(fresh["health"]["failed"], 0);
+    for (lsid, script) in [("h-ok", "ok"), ("h-bad", "fail")] {
+        let (status, _) = host
+            .post_event(
+                None,
+                &[
+                    ("event", END),
+                    ("version", "3"),
+                    ("timestamp", "1"),
+                    ("lsid", lsid),
+                    ("script", script),
+                ],
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    host.wait_for_state("failed", 1).await;
+    host.wait_for_state("succeeded", 1).await;
+    let (_, config) = host.get(&format!("/api/configurations/{id}")).await;
+    let health = &config["health"];
+    assert_eq!(health["failed"], 1, "{health}");
+    assert_eq!(health["pending"], 0, "{health}");
+    assert!(
+        health["last_success_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{health}"
+    );
+    assert_eq!(
+        health["last_failure_error"], "told to fail () — not retried: a permanent error",
+        "{health}"
+    );
+    assert_eq!(health["attention"], json!(["1 event failed"]), "{health}");
+    let (_, all) = host.get("/api/configurations").await;
+    assert_eq!(
+        all[0]["health"]["attention"],
+        json!(["1 event failed"]),
+        "the list has it too"
+    );
+}

@@ -145,6 +145,29 @@ pub struct ConfigurationView {
     updated_at: String,
     /// Its last reconciliation; null before the first (or when it does not reconcile).
     reconciliation: Option<ReconcileState>,
+    /// Last success and failure, the queue, the oldest waiting event, a throttle
+    /// pause, the last poll, and what needs attention.
+    health: Value,
+}
+
+/// The health as the API shows it: times as RFC 3339.
+fn health_json(health: &crate::engine::health::Health) -> Value {
+    let time = |t: Option<i64>| t.map(rfc3339);
+    let s = &health.stored;
+    json!({
+        "last_success_at": time(s.last_success_at),
+        "last_failure_at": time(s.last_failure_at),
+        "last_failure_error": s.last_failure_error,
+        "pending": s.pending,
+        "running": s.running,
+        "retrying": s.retrying,
+        "failed": s.failed,
+        "oldest_waiting_at": time(s.oldest_waiting_at),
+        "throttled_until": time(health.throttled_until),
+        "last_poll_at": time(s.last_poll_at),
+        "last_poll_error": s.last_poll_error,
+        "attention": health.attention,
+    })
 }
 
 async fn view(state: &AdminState, config: Configuration) -> Result<ConfigurationView, ApiError> {
@@ -175,8 +198,15 @@ async fn view(state: &AdminState, config: Configuration) -> Result<Configuration
         .reconcile_state(config.id)
         .await
         .map_err(ApiError::internal)?;
+    let status = app.status(config.id).await;
+    let health = state
+        .engine
+        .health(config.id, &status)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(ConfigurationView {
-        status: app.status(config.id).await,
+        status,
+        health: health_json(&health),
         reconciliation,
         id: config.id,
         plugin: config.plugin,

@@ -5,6 +5,7 @@
 
 pub mod bulk;
 pub mod cluster;
+pub mod health;
 mod polling;
 pub mod retry;
 mod wakeup;

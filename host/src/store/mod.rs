@@ -15,6 +15,7 @@ mod configurations;
 pub mod copy;
 pub mod db;
 pub mod events;
+pub mod health;
 mod kinds;
 mod migrations;
 

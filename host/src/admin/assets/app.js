@@ -97,7 +97,7 @@ function openFromHash() {
 
 function render(...nodes) {
   const main = document.getElementById("main");
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.filter(Boolean));
 }
 
 function statusBadge(config) {
@@ -105,7 +105,28 @@ function statusBadge(config) {
   const labels = { running: "Running", disabled: "Disabled", plugin_not_loaded: "Plugin not loaded", failed: "Error" };
   return el("div", {},
     el("span", { class: "badge status-" + (s.state || "unknown"), "data-status": s.state }, labels[s.state] || s.state || "?"),
-    s.detail ? el("p", { class: "status-detail", text: s.detail }) : null);
+    s.detail ? el("p", { class: "status-detail", text: s.detail }) : null,
+    healthLine(config));
+}
+
+// The configuration's health in one line, and what needs attention.
+function healthLine(config) {
+  const h = config.health;
+  if (!h) return null;
+  const facts = [];
+  const waiting = h.pending + h.running + h.retrying;
+  if (waiting) facts.push(`${waiting} waiting` + (h.oldest_waiting_at ? ` (oldest since ${fmtTime(h.oldest_waiting_at)})` : ""));
+  if (h.failed) facts.push(`${h.failed} failed`);
+  if (h.last_success_at) facts.push(`last success ${fmtTime(h.last_success_at)}`);
+  if (h.last_failure_at) facts.push(`last failure ${fmtTime(h.last_failure_at)}: ${h.last_failure_error || ""}`);
+  if (h.throttled_until) facts.push(`throttled until ${fmtTime(h.throttled_until)}`);
+  if (h.last_poll_at) facts.push(`last poll ${fmtTime(h.last_poll_at)}`);
+  return el("div", { class: "health", "data-health": config.id },
+    facts.length ? el("p", { class: "muted", text: facts.join(" · ") }) : null,
+    h.attention && h.attention.length
+      ? el("p", { class: "attention", "data-attention": config.id },
+          el("span", { class: "badge status-failed", text: "Needs attention" }), " " + h.attention.join("; "))
+      : null);
 }
 
 function renderAll() {
@@ -125,7 +146,13 @@ function renderAll() {
   }
   const engines = enginesCard(state.engines);
   if (engines) cards.push(engines);
-  render(...cards);
+  const attention = state.configurations.filter((c) => c.health && c.health.attention && c.health.attention.length);
+  const glance = attention.length
+    ? el("p", { class: "error-banner", role: "status", "data-needs-attention": String(attention.length) },
+        `${attention.length === 1 ? "1 configuration needs" : attention.length + " configurations need"} attention: ` +
+        attention.map((c) => c.name).join(", "))
+    : null;
+  render(glance, ...cards);
 }
 
 // The engines on this engine's database: one on the embedded store, several sharing
