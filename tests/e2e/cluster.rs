@@ -16,11 +16,7 @@ const END: &str = "support_conference_end";
 const LEASE: &str = "3";
 
 fn plugins() -> PluginsDir {
-    let plugins = PluginsDir::new();
-    plugins
-        .add("scripted", "fixture_scripted")
-        .add("file-sink", "file_sink_plugin");
-    plugins
+    crate::helpers::scripted_and_file_sink()
 }
 
 /// A loopback port free now, for an engine that keeps its event URL across a restart.

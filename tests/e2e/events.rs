@@ -13,11 +13,7 @@ const END: &str = "support_conference_end";
 const CUSTOMER_SURVEY: &str = "support_conference_customer_exit_survey_completed";
 
 fn plugins() -> PluginsDir {
-    let plugins = PluginsDir::new();
-    plugins
-        .add("scripted", "fixture_scripted")
-        .add("file-sink", "file_sink_plugin");
-    plugins
+    crate::helpers::scripted_and_file_sink()
 }
 
 /// Creates an enabled scripted configuration that records every call to a file.

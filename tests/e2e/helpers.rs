@@ -153,6 +153,15 @@ pub fn tls_init(data: &Path, extra: &[&str]) -> Output {
     run_host(&args)
 }
 
+/// A Plugins folder with the scripted test plugin and the example file sink.
+pub fn scripted_and_file_sink() -> PluginsDir {
+    let plugins = PluginsDir::new();
+    plugins
+        .add("scripted", "fixture_scripted")
+        .add("file-sink", "file_sink_plugin");
+    plugins
+}
+
 /// The store the end-to-end suites run on: the embedded SQLite (the default) or, with
 /// `MWE_TEST_STORE=postgres`, a fresh PostgreSQL database per test on the server
 /// `MWE_TEST_POSTGRES` names (tests/run.sh runs the suites once on each).

@@ -129,13 +129,7 @@ pub(super) fn insert_one(
         }
     }
     if jobs == 0 {
-        let reason = match routing {
-            Routing::Ignored(reason) => reason.clone(),
-            Routing::To(_) => format!(
-                "the configuration {} was deleted as the event arrived",
-                deleted.join(", ")
-            ),
-        };
+        let reason = ignored_because(routing, &deleted);
         job.execute(params![
             event_id,
             None::<i64>,
@@ -149,6 +143,18 @@ pub(super) fn insert_one(
         ])?;
     }
     Ok(Stored::New { event_id, jobs })
+}
+
+/// Why an event took no job: no configuration takes it, or those it was routed to
+/// were deleted before the commit.
+fn ignored_because(routing: &Routing, deleted: &[&str]) -> String {
+    match routing {
+        Routing::Ignored(reason) => reason.clone(),
+        Routing::To(_) => format!(
+            "the configuration {} was deleted as the event arrived",
+            deleted.join(", ")
+        ),
+    }
 }
 
 /// Stores a batch of events and their jobs in one transaction (group commit): all of
@@ -338,13 +344,7 @@ fn insert_many(
             }
         }
         if taken == 0 {
-            let reason = match routing {
-                Routing::Ignored(reason) => reason.clone(),
-                Routing::To(_) => format!(
-                    "the configuration {} was deleted as the event arrived",
-                    deleted.join(", ")
-                ),
-            };
+            let reason = ignored_because(routing, &deleted);
             jobs.push(job(None, JobState::Ignored, Some(reason)));
         }
         stored[i] = Some(Stored::New {
