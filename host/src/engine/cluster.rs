@@ -16,6 +16,9 @@ use super::Engine;
 use crate::store::cluster::{self, EngineRow, EngineView};
 use crate::store::{now_ms, StoreError};
 
+/// How often an engine on a shared store looks for jobs whose lease ended.
+const TAKEOVER_LOOK: Duration = Duration::from_secs(1);
+
 /// How often an engine looks for configuration changes made by another.
 const CONFIGURATION_SYNC: Duration = Duration::from_millis(250);
 
@@ -129,54 +132,68 @@ impl Engine {
         Ok(())
     }
 
-    /// Renews this engine's leases and, on a shared store, takes over the jobs of
-    /// engines that stopped answering.
+    /// Renews this engine's leases every third of the lease and, on a shared store,
+    /// looks every second for jobs of engines that stopped answering: a lease ends at
+    /// most one lease time after an engine's last heartbeat, so its jobs run again
+    /// within the lease time and a second of its death.
     async fn heartbeat_loop(self: Arc<Self>) {
-        let every = (self.identity.lease / 3).max(Duration::from_secs(1));
+        let every = (self.identity.lease / 3).max(TAKEOVER_LOOK);
+        let mut last_beat: Option<std::time::Instant> = None;
         loop {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let (id, running) = (
-                self.identity.id.clone(),
-                self.in_flight.load(Ordering::SeqCst),
-            );
-            let until = self.identity.lease_until(now_ms());
-            match self
-                .store
-                .call(move |conn| cluster::heartbeat(conn, &id, running, now_ms(), until))
-                .await
-            {
-                Ok(held) => {
-                    let held: HashSet<String> = held.into_iter().collect();
-                    let mut mine = self.identity.held();
-                    let lost: Vec<String> = mine.difference(&held).cloned().collect();
-                    for name in lost {
-                        tracing::warn!(lease = %name, "another engine took this work over");
-                        mine.remove(&name);
-                    }
-                }
-                Err(e) => tracing::error!("heartbeat failed (another engine takes this one's work over once its leases end): {e}"),
+            if last_beat.is_none_or(|at| at.elapsed() >= every) {
+                last_beat = Some(std::time::Instant::now());
+                self.heartbeat().await;
             }
             if self.identity.shared {
-                match self
-                    .store
-                    .call(|conn| cluster::take_over_expired(conn, now_ms()))
-                    .await
-                {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::warn!(
-                            jobs = n,
-                            "took over jobs of an engine that stopped answering"
-                        );
-                        self.metrics.taken_over(n);
-                        self.wake();
-                    }
-                    Err(e) => tracing::error!("cannot look for jobs to take over: {e}"),
+                self.take_over_expired().await;
+            }
+            tokio::time::sleep(TAKEOVER_LOOK).await;
+        }
+    }
+
+    async fn heartbeat(&self) {
+        let (id, running) = (
+            self.identity.id.clone(),
+            self.in_flight.load(Ordering::SeqCst),
+        );
+        let until = self.identity.lease_until(now_ms());
+        match self
+            .store
+            .call(move |conn| cluster::heartbeat(conn, &id, running, now_ms(), until))
+            .await
+        {
+            Ok(held) => {
+                let held: HashSet<String> = held.into_iter().collect();
+                let mut mine = self.identity.held();
+                let lost: Vec<String> = mine.difference(&held).cloned().collect();
+                for name in lost {
+                    tracing::warn!(lease = %name, "another engine took this work over");
+                    mine.remove(&name);
                 }
             }
-            tokio::time::sleep(every).await;
+            Err(e) => tracing::error!("heartbeat failed (another engine takes this one's work over once its leases end): {e}"),
+        }
+    }
+
+    async fn take_over_expired(&self) {
+        match self
+            .store
+            .call(|conn| cluster::take_over_expired(conn, now_ms()))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(
+                    jobs = n,
+                    "took over jobs of an engine that stopped answering"
+                );
+                self.metrics.taken_over(n);
+                self.wake();
+            }
+            Err(e) => tracing::error!("cannot look for jobs to take over: {e}"),
         }
     }
 
