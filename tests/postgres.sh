@@ -40,6 +40,13 @@ END $$;
 SQL
   export MWE_TEST_POSTGRES=postgres://mwe_test:mwe_test@127.0.0.1:5432/postgres
 fi
-# Databases left by an earlier run that was killed before it could drop them.
+# Databases left by an earlier run that was killed before it could drop them: each
+# name carries the process id of the test binary that made it (mwe_t_u<pid>_<n>,
+# mwe_t_e<pid>_<n>), and only those whose process is gone are dropped, so that a run
+# going on beside this one keeps its own.
 psql "$MWE_TEST_POSTGRES" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'mwe\_t\_%'" |
-  while read -r db; do psql "$MWE_TEST_POSTGRES" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true; done
+  while read -r db; do
+    pid=$(printf '%s' "$db" | sed -n 's/^mwe_t_[a-z]\([0-9]*\)_.*/\1/p')
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then continue; fi
+    psql "$MWE_TEST_POSTGRES" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true
+  done
