@@ -358,16 +358,24 @@ pub async fn retry_event(
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let queue = app
+    use crate::metrics::{Queue, StoreKind, CONTENT_TYPE};
+    let (by_state, by_configuration) = app
         .store
-        .read(events::counts_by_state)
+        .read(|conn| {
+            Ok((
+                events::counts_by_state(conn)?,
+                crate::store::metrics_queries::counts_per_configuration(conn)?,
+            ))
+        })
         .await
         .map_err(ApiError::internal)?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        app.metrics.render(&queue),
-    ))
+    let queue = Queue {
+        by_state: &by_state,
+        by_configuration: &by_configuration,
+    };
+    let text = app
+        .metrics
+        .render(queue, StoreKind::of(app.store.is_shared()))
+        .map_err(|_| ApiError::internal("the metrics could not be encoded"))?;
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text))
 }

@@ -326,7 +326,7 @@ impl Engine {
             Some(runner) => runner.handle_event(event).await,
             None => Err(not_running(&target)),
         };
-        self.metrics.plugin_call(started.elapsed());
+        self.metrics.plugin_call(&target.name, started.elapsed());
         self.settle(&target, job, result).await;
         self.done(target.id);
     }
@@ -340,7 +340,7 @@ impl Engine {
             Some(runner) => runner.handle_batch(events).await,
             None => jobs.iter().map(|_| Err(not_running(&target))).collect(),
         };
-        self.metrics.plugin_call(started.elapsed());
+        self.metrics.plugin_call(&target.name, started.elapsed());
         for (job, result) in jobs.into_iter().zip(results) {
             self.settle(&target, job, result).await;
         }
@@ -382,7 +382,7 @@ impl Engine {
                 tracing::warn!(configuration = %target.name, "throttled: pausing this configuration's queue for {} ms", until - now_ms());
                 self.lock().paused_until.insert(target.id, *until);
             }
-            Verdict::Retry { .. } => self.metrics.retry_scheduled(),
+            Verdict::Retry { .. } => self.metrics.retry_scheduled(&target.name),
             _ => {}
         }
         let state = verdict.state();

@@ -17,6 +17,7 @@ pub mod db;
 pub mod events;
 pub mod health;
 mod kinds;
+pub mod metrics_queries;
 mod migrations;
 
 use std::path::{Path, PathBuf};
