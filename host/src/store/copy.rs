@@ -190,8 +190,10 @@ fn copy_between(from: &Connection, to: &Connection, target: &str) -> Result<Copi
     let mut copied = Vec::new();
     for (table, columns) in TABLES {
         let list = columns.join(", ");
-        let marks: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-        let insert = format!("INSERT INTO {table} ({list}) VALUES ({})", marks.join(", "));
+        let insert = format!(
+            "INSERT INTO {table} ({list}) VALUES ({})",
+            super::events::marks(0, 1..=columns.len())
+        );
         // Read in rowid order, a chunk at a time (meta and the WITHOUT ROWID table
         // are small and read whole).
         let keyed = !matches!(*table, "session_ends" | "meta");

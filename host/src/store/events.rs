@@ -181,6 +181,16 @@ pub fn insert_batch(
 /// Events per multi-row statement: 9 parameters each, well under PostgreSQL's 65,535.
 const MANY: usize = 500;
 
+/// `?a, ?b, ...`: the parameters `offset + p` for each position `p` (1-based), for a
+/// row of a multi-row `VALUES` or an `IN` list built at run time.
+pub(super) fn marks(offset: usize, positions: impl IntoIterator<Item = usize>) -> String {
+    positions
+        .into_iter()
+        .map(|p| format!("?{}", offset + p))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// As `insert_one` for each event of a batch, in a few statements whatever its size:
 /// on PostgreSQL each statement is a round trip, and a group commit of 64 events
 /// would otherwise make some 130 of them. The same rules: a key already stored (or
@@ -221,18 +231,7 @@ fn insert_many(
                     what: "an event's fields".into(),
                     source,
                 })?;
-            let n = values.len();
-            rows.push(format!(
-                "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6,
-                n + 7,
-                n + 8
-            ));
+            rows.push(format!("({})", marks(values.len(), 1..=8)));
             values.extend([
                 Value::Text(event.source.as_str().to_owned()),
                 Value::Text(event.appliance_id.clone()),
@@ -263,11 +262,10 @@ fn insert_many(
         .collect();
     let mut existing: HashMap<String, i64> = HashMap::new();
     for chunk in known.chunks(MANY) {
-        let marks: Vec<String> = (1..=chunk.len()).map(|n| format!("?{n}")).collect();
         let rows: Vec<(i64, String)> = tx.query(
             &format!(
                 "SELECT id, dedup_key FROM events WHERE dedup_key IN ({})",
-                marks.join(", ")
+                marks(0, 1..=chunk.len())
             ),
             &params_from_iter(chunk),
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -288,12 +286,11 @@ fn insert_many(
     targets.dedup();
     let mut alive: std::collections::HashSet<i64> = std::collections::HashSet::new();
     for chunk in targets.chunks(MANY) {
-        let marks: Vec<String> = (1..=chunk.len()).map(|n| format!("?{n}")).collect();
         let values: Vec<Value> = chunk.iter().map(|id| Value::Int(*id)).collect();
         alive.extend(tx.query(
             &format!(
                 "SELECT id FROM configurations WHERE id IN ({}) ORDER BY id FOR SHARE",
-                marks.join(", ")
+                marks(0, 1..=chunk.len())
             ),
             &params_from_iter(&values),
             |r| r.get::<_, i64>(0),
@@ -356,22 +353,9 @@ fn insert_many(
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 9);
         let mut rows = Vec::with_capacity(chunk.len());
         for job in chunk {
-            let n = values.len();
-            // next_attempt_at, received_at and updated_at are all `now` (?n+8).
-            rows.push(format!(
-                "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6,
-                n + 7,
-                n + 8,
-                n + 9,
-                n + 8,
-                n + 8
-            ));
+            // next_attempt_at, received_at and updated_at are all `now` (the 8th).
+            let positions = (1..=9).chain([8, 8]);
+            rows.push(format!("({})", marks(values.len(), positions)));
             values.extend(job.iter().cloned());
         }
         tx.execute(
@@ -388,8 +372,7 @@ fn insert_many(
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
         let mut rows = Vec::with_capacity(chunk.len());
         for (id, lsid) in chunk {
-            let n = values.len();
-            rows.push(format!("(?{}, ?{})", n + 1, n + 2));
+            rows.push(format!("({})", marks(values.len(), 1..=2)));
             values.extend([Value::Int(*id), Value::Text(lsid.clone())]);
         }
         tx.execute(
