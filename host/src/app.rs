@@ -185,6 +185,11 @@ impl App {
             intake: Arc::clone(&intake),
             store: store.clone(),
         });
+        let alerts = crate::alerts::Alerter::new(
+            store.clone(),
+            Arc::clone(&configurations),
+            Arc::clone(&engine),
+        );
         let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
         let admin_router = crate::admin::router(
             Arc::new(AdminState {
@@ -194,6 +199,7 @@ impl App {
                 metrics,
                 history_slots: tokio::sync::Semaphore::new(1),
                 readiness: Arc::clone(&readiness),
+                alerts: Arc::clone(&alerts),
             }),
             settings,
             admin_addr,
@@ -209,13 +215,15 @@ impl App {
                 events_addr.port()
             )
         });
+        let admin_url = format!("{}://{admin_addr}/", scheme(&admin_tls));
         engine
             .register(
-                engine_name,
-                format!("{}://{admin_addr}/", scheme(&admin_tls)),
+                engine_name.clone(),
+                admin_url.clone(),
                 format!("{}://{events_addr}", scheme(&event_tls)),
             )
             .await?;
+        alerts.start(engine_name, admin_url).await;
         Ok(Self {
             admin: Address {
                 listener: admin,

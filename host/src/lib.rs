@@ -3,6 +3,7 @@
 //! and processing).
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod backfill_cli;
 pub mod cli;

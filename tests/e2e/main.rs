@@ -2,6 +2,7 @@
 
 mod admin_api;
 mod admin_security;
+mod alerts;
 mod audit;
 mod backfill_api;
 mod browser;

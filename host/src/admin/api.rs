@@ -27,6 +27,7 @@ pub struct AdminState {
     /// must leave CPU to intake, whose commits they no longer block.
     pub history_slots: tokio::sync::Semaphore,
     pub readiness: Arc<crate::readiness::Readiness>,
+    pub alerts: Arc<crate::alerts::Alerter>,
 }
 
 pub type AppState = Arc<AdminState>;
@@ -201,7 +202,7 @@ async fn view(state: &AdminState, config: Configuration) -> Result<Configuration
     let status = app.status(config.id).await;
     let health = state
         .engine
-        .health(config.id, &status)
+        .health(config.id, &status, state.alerts.after_ms())
         .await
         .map_err(ApiError::internal)?;
     Ok(ConfigurationView {

@@ -54,6 +54,8 @@ fn action_of(method: &Method, route: &str) -> Option<&'static str> {
         ("POST", "/configurations/{id}/reconcile") => "reconcile now",
         ("POST", "/configurations/{id}/retry-failed") => "retry all failed",
         ("POST", "/events/{id}/retry") => "retry",
+        ("PUT", "/alerts") => "alert settings changed",
+        ("POST", "/alerts/test") => "test alert",
         _ => return None,
     })
 }

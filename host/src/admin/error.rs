@@ -30,6 +30,8 @@ pub enum ApiError {
     RequestTimeout(String),
     #[error("the configuration is not valid")]
     Validation(FieldErrors),
+    #[error("the alert settings are not valid")]
+    AlertSettings(FieldErrors),
     /// A well-formed request the engine cannot carry out as asked (422).
     #[error("{0}")]
     Unprocessable(String),
@@ -54,7 +56,9 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Validation(_) | Self::AlertSettings(_) | Self::Unprocessable(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -67,7 +71,9 @@ impl IntoResponse for ApiError {
             tracing::error!("admin API: internal error: {}", chain(e.as_ref()));
         }
         let body = match &self {
-            Self::Validation(errors) => json!({ "error": self.to_string(), "errors": errors }),
+            Self::Validation(errors) | Self::AlertSettings(errors) => {
+                json!({ "error": self.to_string(), "errors": errors })
+            }
             _ => json!({ "error": self.to_string() }),
         };
         let mut response = (status, Json(body)).into_response();
@@ -106,6 +112,19 @@ impl From<ConfigError> for ApiError {
             ConfigError::Invalid(errors) => Self::Validation(errors),
             ConfigError::DuplicateName(_) => Self::Conflict(e.to_string()),
             ConfigError::Store(_) | ConfigError::Secrets(_) | ConfigError::Worker(_) => {
+                Self::internal(e)
+            }
+        }
+    }
+}
+
+impl From<crate::alerts::AlertError> for ApiError {
+    fn from(e: crate::alerts::AlertError) -> Self {
+        use crate::alerts::AlertError;
+        match e {
+            AlertError::Invalid(errors) => Self::AlertSettings(errors),
+            AlertError::NoChannel => Self::Unprocessable(e.to_string()),
+            AlertError::Store(_) | AlertError::Secrets(_) | AlertError::Configurations(_) => {
                 Self::internal(e)
             }
         }

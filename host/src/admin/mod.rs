@@ -1,5 +1,6 @@
 //! The admin address: the JSON API under `/api`, the admin page, `/healthz`.
 
+mod alerts_api;
 mod api;
 mod audit;
 mod backfill_api;
@@ -97,6 +98,11 @@ pub fn router(
         )
         .route("/engines", get(api::list_engines))
         .route("/audit", get(audit::list))
+        .route(
+            "/alerts",
+            get(alerts_api::get_alerts).put(alerts_api::put_alerts),
+        )
+        .route("/alerts/test", post(alerts_api::test_alert))
         .route("/events", get(events_api::list_events))
         .route("/events/export.csv", get(events_api::export_events))
         .route("/events/counts", get(events_api::count_events))

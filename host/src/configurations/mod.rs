@@ -107,6 +107,11 @@ impl Configurations {
         }
     }
 
+    /// The engine's key, for other secrets kept with the configurations (alerts).
+    pub fn secrets(&self) -> &SecretBox {
+        &self.secrets
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -236,6 +236,11 @@ impl Engine {
         }
     }
 
+    /// Takes (or renews) a work lease for work outside the engine (the alerts).
+    pub async fn hold_lease(&self, name: String) -> bool {
+        self.hold(name).await
+    }
+
     /// Gives a work lease back (the work stopped here).
     pub(super) async fn let_go(&self, name: &str) {
         if !self.identity.held().remove(name) {

@@ -8,9 +8,6 @@ use crate::configurations::Status;
 use crate::store::health::{self, StoredHealth};
 use crate::store::{now_ms, StoreError};
 
-/// An event waiting longer than this makes a configuration need attention.
-pub const WAITING_TOO_LONG_MS: i64 = 15 * 60 * 1000;
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Health {
     #[serde(flatten)]
@@ -22,10 +19,13 @@ pub struct Health {
 }
 
 impl Engine {
+    /// `waiting_limit_ms`: how long an event may wait before it needs attention
+    /// (the alerts' `alert_after_minutes`).
     pub async fn health(
         &self,
         configuration_id: i64,
         status: &Status,
+        waiting_limit_ms: i64,
     ) -> Result<Health, StoreError> {
         let stored = self
             .store
@@ -42,7 +42,13 @@ impl Engine {
             .reconcile_state(configuration_id)
             .await?
             .and_then(|s| s.last_error);
-        let attention = attention(&stored, status, reconcile_error.as_deref(), now);
+        let attention = attention(
+            &stored,
+            status,
+            reconcile_error.as_deref(),
+            now,
+            waiting_limit_ms,
+        );
         Ok(Health {
             stored,
             throttled_until,
@@ -57,6 +63,7 @@ pub fn attention(
     status: &Status,
     reconcile_error: Option<&str>,
     now: i64,
+    waiting_limit_ms: i64,
 ) -> Vec<String> {
     let mut why = Vec::new();
     match status {
@@ -73,7 +80,7 @@ pub fn attention(
     }
     if let Some(oldest) = health.oldest_waiting_at {
         let waited = now - oldest;
-        if waited > WAITING_TOO_LONG_MS {
+        if waited > waiting_limit_ms {
             why.push(format!("an event has waited {} minutes", waited / 60_000));
         }
     }
@@ -140,7 +147,7 @@ mod tests {
         ];
         for (health, status, reconcile, expected) in cases {
             assert_eq!(
-                attention(&health, &status, reconcile, now),
+                attention(&health, &status, reconcile, now, 15 * 60_000),
                 expected,
                 "{health:?} {status:?}"
             );

@@ -97,6 +97,11 @@ impl Engine {
         })
     }
 
+    /// Whether the engine is stopping (its loops end).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     /// Something may be due now: look again.
     pub fn wake(&self) {
         self.wakeup.work_arrived();

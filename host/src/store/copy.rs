@@ -124,6 +124,19 @@ const TABLES: &[(&str, &[&str])] = &[
             "outcome",
         ],
     ),
+    (
+        "alert_state",
+        &[
+            "subject",
+            "channel",
+            "title",
+            "since",
+            "reasons",
+            "sent_at",
+            "tried_at",
+            "last_error",
+        ],
+    ),
     ("meta", &["key", "value"]),
 ];
 

@@ -192,6 +192,20 @@ const MIGRATIONS: &[&str] = &[
         outcome            TEXT NOT NULL      -- ok, or why not
     );
     CREATE INDEX audit_configuration ON audit (configuration_id, id);",
+    // 9: what the alerts sent for each open problem, per channel (the same as
+    // PostgreSQL's 4), so that the engine that takes the alerts over neither sends
+    // an alert again nor forgets an all-clear.
+    "CREATE TABLE alert_state (
+        subject     TEXT NOT NULL,     -- configuration:<id>, plugin:<folder>
+        channel     TEXT NOT NULL,     -- email, webhook
+        title       TEXT NOT NULL,
+        since       INTEGER NOT NULL,  -- ms: when the problem began
+        reasons     TEXT NOT NULL,     -- JSON array, as last sent
+        sent_at     INTEGER,           -- ms: the last alert delivered
+        tried_at    INTEGER,           -- ms: the last delivery tried
+        last_error  TEXT,              -- why that try failed
+        PRIMARY KEY (subject, channel)
+    );",
 ];
 
 /// PostgreSQL's schema. Its first migration is SQLite's first six in one, with the
@@ -338,6 +352,18 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
         outcome            TEXT NOT NULL
     );
     CREATE INDEX audit_configuration ON audit (configuration_id, id);",
+    // 4: as SQLite's 9
+    "CREATE TABLE alert_state (
+        subject     TEXT NOT NULL,
+        channel     TEXT NOT NULL,
+        title       TEXT NOT NULL,
+        since       BIGINT NOT NULL,
+        reasons     TEXT NOT NULL,
+        sent_at     BIGINT,
+        tried_at    BIGINT,
+        last_error  TEXT,
+        PRIMARY KEY (subject, channel)
+    );",
 ];
 
 pub(super) fn apply(conn: &mut Connection, location: &Location) -> Result<(), StoreError> {

@@ -8,6 +8,7 @@
 //! read-only ones; PostgreSQL has a few of each, and a connection the server closed
 //! is opened again on its next use.
 
+pub mod alerts;
 pub mod audit;
 pub mod bulk;
 pub mod cluster;
