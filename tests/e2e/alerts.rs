@@ -237,6 +237,97 @@ async fn loop_until_kind(
     }
 }
 
+/// Two engines on one PostgreSQL database (whatever the suite's backend, as the
+/// tests of several engines in `cluster` run): one of them sends, the one holding
+/// the work lease `alerts`, so the webhook gets one alert, then a reminder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_on_one_database_send_one_alert_then_a_reminder() {
+    let plugins = PluginsDir::new();
+    plugins.add("scripted", "fixture_scripted");
+    let first = TestHost::start_postgres(&plugins, &[("MWE_ENGINE_NAME", "engine-a")]);
+    // The first answer comes late, so that the other engine looks for problems
+    // while the alert is still being delivered (and not yet stored as sent): an
+    // engine sending without the lease would send a second alert then.
+    let webhook = WebhookSink::start(WebhookOptions {
+        tls: true,
+        replies: vec![(1, WebhookReply::default().delayed(Duration::from_secs(2)))],
+        ..WebhookOptions::default()
+    })
+    .await
+    .expect("webhook sink");
+    let ca = first.data.path().join("alert-ca.pem");
+    std::fs::write(&ca, webhook.ca_pem().expect("webhook ca")).expect("write the CA");
+    // Only a webhook; 1.2 s delay, 3 s repeat.
+    let (status, saved) = first
+        .put(
+            "/api/alerts",
+            &json!({
+                "alert_after_minutes": 0.02,
+                "alert_repeat_minutes": 0.05,
+                "webhook_url": webhook.url(&format!("/hooks/{WEBHOOK_TOKEN}")),
+                "ca_file": ca.to_str().expect("utf-8"),
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{saved}");
+    // Started once the settings are saved, the second engine reads them at its
+    // first look, and so looks again every second (not every 15 s, as it would
+    // with no channel set).
+    let second = first.join(&plugins, &[("MWE_ENGINE_NAME", "engine-b")]);
+    let id = scripted(&first, "Dynamics prod").await;
+    let (status, _) = first
+        .post_event(
+            None,
+            &[
+                ("event", END),
+                ("version", "3"),
+                ("timestamp", "1"),
+                ("lsid", "alert-cluster-1"),
+                ("script", "fail_until:2"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200);
+    first.wait_for_state("failed", 1).await;
+
+    let calls = webhook.wait_for(2, WAIT).await;
+    let notices: Vec<Value> = calls
+        .iter()
+        .take(2)
+        .map(|c| c.json.clone().expect("a JSON body"))
+        .collect();
+    let kinds: Vec<&Value> = notices.iter().map(|n| &n["kind"]).collect();
+    assert_eq!(kinds, [&json!("alert"), &json!("reminder")], "{notices:?}");
+    for notice in &notices {
+        assert_eq!(notice["subject"], format!("configuration:{id}"), "{notice}");
+    }
+    // Both from the engine that holds the lease, both engines still running.
+    let database = first.database.clone().expect("database");
+    let holder: String = database.with(|c| {
+        c.query_one(
+            "SELECT e.name FROM leases l JOIN engines e ON e.id = l.owner \
+             WHERE l.name = 'alerts'",
+            &[],
+        )
+        .expect("the alerts lease is held")
+        .get(0)
+    });
+    assert!(
+        ["engine-a", "engine-b"].contains(&holder.as_str()),
+        "{holder}"
+    );
+    for notice in &notices {
+        assert_eq!(notice["engine"], holder.as_str(), "{notices:?}");
+    }
+    let (_, listing) = second.get("/api/engines").await;
+    let engines = listing["engines"].as_array().expect("engines");
+    assert_eq!(
+        engines.iter().filter(|e| e["alive"] == true).count(),
+        2,
+        "{listing}"
+    );
+}
+
 #[tokio::test]
 async fn the_settings_hide_their_secrets_and_say_what_to_fix() {
     let host = TestHost::start(&PluginsDir::new());

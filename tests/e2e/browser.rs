@@ -209,6 +209,7 @@ async fn an_admin_manages_a_dynamics_configuration_in_the_page() {
         .expect("page");
     find(&client, "[data-action=add][data-plugin=dynamics365]").await;
     screenshot(&client, "1-home").await;
+    assert_contrast(&client, "the home page").await;
 
     // Add, with a mistake first: the error shows next to its field.
     click(&client, "[data-action=add][data-plugin=dynamics365]").await;
@@ -243,6 +244,19 @@ async fn an_admin_manages_a_dynamics_configuration_in_the_page() {
     let error = text_of(&client, "#err-bt_hostname", "remove the scheme").await;
     assert_eq!(error, "remove the scheme (https://); enter only the host name, e.g. support.example.com or support.example.com:8443");
     screenshot(&client, "2-form-errors").await;
+    let tied = client
+        .execute(
+            "const i = document.getElementById('f-bt_hostname'); return [i.getAttribute('aria-invalid'), i.getAttribute('aria-describedby').split(' ')[0], document.activeElement === i];",
+            vec![],
+        )
+        .await
+        .expect("aria");
+    assert_eq!(
+        tied,
+        json!(["true", "err-bt_hostname", true]),
+        "the error is tied to its input, which has the focus"
+    );
+    assert_contrast(&client, "the configuration form with an error").await;
     type_into(
         &client,
         "#f-bt_hostname",
@@ -524,4 +538,347 @@ async fn the_page_lists_the_engines_on_the_database_and_one_that_died() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     text_of(&client, "tr[data-engine='engine-a']", "Up").await;
+}
+
+/// Every text on the screen (the open modal dialog, or the whole page) measured against
+/// the background it is drawn on, blended through translucent layers: WCAG AA asks
+/// 4.5:1, 3:1 for large text (24 px, or 18.66 px bold). Disabled controls are exempt.
+/// Placeholders count: the page uses them to say a secret is saved. Answers the texts
+/// below their ratio, each with its colours.
+const LOW_CONTRAST: &str = r#"
+const parse = (c) => {
+  const m = /rgba?\(([^)]+)\)/.exec(c);
+  if (!m) return null;
+  const p = m[1].split(/[\s,\/]+/).filter(Boolean).map(Number);
+  return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+};
+const over = (top, under) => [0, 1, 2].map((i) => top[i] * top[3] + under[i] * (1 - top[3])).concat(1);
+const lum = (c) => {
+  const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]);
+};
+const background = (el) => {
+  const layers = [];
+  for (let n = el; n; n = n.parentElement) {
+    const bg = parse(getComputedStyle(n).backgroundColor);
+    if (bg && bg[3] > 0) { layers.push(bg); if (bg[3] >= 1) break; }
+  }
+  return layers.reverse().reduce((under, layer) => over(layer, under), [255, 255, 255, 1]);
+};
+const low = [];
+const check = (el, style, color, what) => {
+  const bg = background(el);
+  const fg = over(parse(color), bg);
+  const [a, b] = [lum(fg), lum(bg)];
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  const size = parseFloat(style.fontSize);
+  const need = size >= 24 || (Number(style.fontWeight) >= 700 && size >= 18.66) ? 3 : 4.5;
+  if (ratio < need - 0.005) {
+    low.push(`${ratio.toFixed(2)} < ${need} for ${JSON.stringify(what.slice(0, 50))}: ${color} on rgb(${bg.slice(0, 3).map(Math.round)})`);
+  }
+};
+const shown = (el) => {
+  const r = el.getBoundingClientRect();
+  return r.width > 0 && r.height > 0 && getComputedStyle(el).visibility === "visible" && !el.closest(":disabled");
+};
+const root = [...document.querySelectorAll("dialog[open]")].pop() || document.body;
+const done = new Set();
+const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+while (walker.nextNode()) {
+  const el = walker.currentNode.parentElement;
+  const text = walker.currentNode.textContent.trim();
+  if (!text || done.has(el) || el.closest("option, script, style") || !shown(el)) continue;
+  done.add(el);
+  const style = getComputedStyle(el);
+  check(el, style, style.color, text);
+}
+for (const input of root.querySelectorAll("input[placeholder]:placeholder-shown")) {
+  if (!input.placeholder || !shown(input)) continue;
+  check(input, getComputedStyle(input), getComputedStyle(input, "::placeholder").color, input.placeholder);
+}
+return low;
+"#;
+
+async fn assert_contrast(client: &Client, screen: &str) {
+    let low = client
+        .execute(LOW_CONTRAST, vec![])
+        .await
+        .expect("measure the contrast");
+    assert_eq!(
+        low,
+        json!([]),
+        "text below WCAG AA contrast on {screen}: {low:#}"
+    );
+}
+
+/// Runs `script` until it answers true.
+async fn until(client: &Client, script: &str, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if client.execute(script, vec![]).await.ok() == Some(json!(true)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen in {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn scripted_configuration(host: &crate::helpers::TestHost, name: &str) -> i64 {
+    let (status, created) = host
+        .post(
+            "/api/configurations",
+            &json!({"plugin": "scripted", "name": name, "settings": {
+                "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
+                "outbound_event_types": ["support_conference_end"],
+                "retry_outbound_event_types": [],
+            }}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    created["id"].as_i64().expect("id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sees_what_needs_attention_and_sets_where_alerts_go() {
+    use simulators::webhook::{WebhookOptions, WebhookSink};
+    let plugins = crate::helpers::PluginsDir::new();
+    plugins.add("scripted", "fixture_scripted");
+    let host = crate::helpers::TestHost::start(&plugins);
+    let id = scripted_configuration(&host, "Desk prod").await;
+    let webhook = WebhookSink::start(WebhookOptions::default())
+        .await
+        .expect("webhook sink");
+    let profile = tempfile::tempdir().expect("profile");
+    let (_driver, client) = browser(profile.path()).await;
+    client
+        .goto(&format!("{}/", host.admin))
+        .await
+        .expect("page");
+    let row = format!("tr[data-config-id='{id}']");
+    text_of(&client, &format!("{row} [data-status]"), "Running").await;
+    assert_contrast(&client, "the home page").await;
+
+    // A keyboard user sits on the row's History button while an event fails: the page
+    // refreshes on its own, shows what needs attention, and the focus stays put.
+    let history_button = format!("{row} [data-action=history]");
+    client
+        .execute(
+            "const b = document.querySelector(arguments[0]); b.focus(); b.dataset.before = 'refresh'; return document.activeElement === b;",
+            vec![json!(history_button)],
+        )
+        .await
+        .expect("focus");
+    let (status, _) = host
+        .post_event(
+            None,
+            &[
+                ("event", "support_conference_end"),
+                ("version", "3"),
+                ("timestamp", "1"),
+                ("lsid", "browser-alert-1"),
+                ("script", "fail:permanent"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200);
+    host.wait_for_state("failed", 1).await;
+    let glance = text_of(&client, "#attention[role=status]", "needs attention").await;
+    assert_eq!(glance, "1 configuration needs attention: Desk prod");
+    text_of(
+        &client,
+        &format!("[data-attention='{id}']"),
+        "1 event failed",
+    )
+    .await;
+    text_of(&client, &format!("[data-health='{id}']"), "1 failed").await;
+    let focus = client
+        .execute(
+            "const a = document.activeElement; return [a.matches(arguments[0]), a.dataset.before === undefined];",
+            vec![json!(history_button)],
+        )
+        .await
+        .expect("focus");
+    assert_eq!(
+        focus,
+        json!([true, true]),
+        "the focus stays on the re-rendered History button"
+    );
+    screenshot(&client, "health").await;
+    assert_contrast(
+        &client,
+        "the home page with a configuration that needs attention",
+    )
+    .await;
+
+    // The alert settings: a mistake shows under its field, tied to it, focused.
+    click(&client, "#open-alerts").await;
+    find(&client, "#alerts-dialog[open]").await;
+    text_of(&client, "#alerts-open", "No alert is open").await;
+    type_into(&client, "#a-alert_after_minutes", "0").await;
+    click(&client, "#alerts-save").await;
+    let error = text_of(&client, "#aerr-alert_after_minutes", "more than 0").await;
+    let tied = client
+        .execute(
+            "const i = document.getElementById('a-alert_after_minutes'); return [i.getAttribute('aria-invalid'), i.getAttribute('aria-describedby'), document.activeElement === i];",
+            vec![],
+        )
+        .await
+        .expect("aria");
+    assert_eq!(
+        tied,
+        json!([
+            "true",
+            "aerr-alert_after_minutes a-alert_after_minutes-help",
+            true
+        ]),
+        "{error}"
+    );
+    screenshot(&client, "alerts-error").await;
+    assert_contrast(&client, "the alert settings with an error").await;
+
+    // Fixed, with a webhook: saved, the URL shown only as saved.
+    let url = webhook.url("/hooks/page-token-never-shown");
+    type_into(&client, "#a-alert_after_minutes", "0.02").await;
+    type_into(&client, "#a-webhook_url", &url).await;
+    click(&client, "#alerts-save").await;
+    text_of(&client, "#notice", "Alert settings saved.").await;
+    find(&client, "#a-webhook_url[data-secret-set=true]").await;
+    find(&client, "#a-webhook_url-clear").await;
+    let invalid = client
+        .execute(
+            "return [document.getElementById('a-webhook_url').value, document.querySelectorAll('#alerts-form [aria-invalid]').length];",
+            vec![],
+        )
+        .await
+        .expect("form");
+    assert_eq!(invalid, json!(["", 0]));
+    assert_contrast(&client, "the saved alert settings").await;
+
+    // The test alert, each channel's result shown.
+    click(&client, "#alerts-test").await;
+    let delivered = text_of(&client, "[data-delivery=webhook]", "delivered").await;
+    assert_eq!(delivered, "✓Webhook: delivered");
+    // The failing configuration's alert goes out too: it failed longer ago than the
+    // 1.2 s delay, so as soon as the settings are saved (either may arrive first).
+    let calls = webhook.wait_for(2, PATIENCE).await;
+    let mut kinds: Vec<String> = calls
+        .iter()
+        .filter_map(|c| Some(c.json.as_ref()?["kind"].as_str()?.to_owned()))
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["alert", "test"]);
+    // It is listed as open (a reopened dialog reads the list again).
+    let subject = format!("[data-alert-subject='configuration:{id}']");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        click(&client, "#alerts-close").await;
+        click(&client, "#open-alerts").await;
+        find(&client, "#alerts-dialog[open]").await;
+        if let Ok(item) = client.find(Locator::Css(&subject)).await {
+            let text = item.text().await.unwrap_or_default();
+            if text.contains("webhook: sent") {
+                assert!(
+                    text.contains("Desk prod") && text.contains("1 event failed"),
+                    "{text}"
+                );
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the open alert is not listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    screenshot(&client, "alerts-open").await;
+    let source = client.source().await.expect("source");
+    assert!(
+        !source.contains("page-token-never-shown"),
+        "the webhook URL is on the page"
+    );
+    client.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_pages_through_the_history_and_back() {
+    let plugins = crate::helpers::PluginsDir::new();
+    plugins.add("scripted", "fixture_scripted");
+    let host = crate::helpers::TestHost::start(&plugins);
+    scripted_configuration(&host, "Paged").await;
+    crate::history::post_many(&host, "page", "support_conference_end", 450).await;
+    host.wait_for_state("succeeded", 450).await;
+    let profile = tempfile::tempdir().expect("profile");
+    let (_driver, client) = browser(profile.path()).await;
+    client
+        .goto(&format!("{}/", host.admin))
+        .await
+        .expect("page");
+    click(&client, "#open-history").await;
+    find(&client, "#history-dialog[open]").await;
+    text_of(&client, "#history-counts", "450 succeeded").await;
+
+    const PAGE: &str = "return [...document.querySelectorAll('#history-body tr[data-event-id]')].map((r) => Number(r.dataset.eventId));";
+    let page_ids = |v: serde_json::Value| -> Vec<i64> {
+        v.as_array()
+            .expect("ids")
+            .iter()
+            .filter_map(|i| i.as_i64())
+            .collect()
+    };
+    let mut seen: Vec<i64> = Vec::new();
+    let mut first_page = None;
+    for expected in [200, 200, 50] {
+        let deadline = Instant::now() + PATIENCE;
+        let ids = loop {
+            let ids = page_ids(client.execute(PAGE, vec![]).await.expect("rows"));
+            // A new page: its first row is older than the last one seen.
+            if ids.len() == expected && seen.last().is_none_or(|last| ids[0] < *last) {
+                break ids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page of {expected} did not show: {ids:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
+        first_page.get_or_insert(ids.clone());
+        seen.extend(ids);
+        if expected == 200 {
+            click(&client, "#history-older").await;
+        }
+    }
+    let unique: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!((seen.len(), unique.len()), (450, 450), "no gap, no repeat");
+    until(
+        &client,
+        "return document.getElementById('history-older').disabled && !document.getElementById('history-newest').disabled;",
+        "Older disabled on the last page",
+    )
+    .await;
+    screenshot(&client, "history-last-page").await;
+    assert_contrast(&client, "the last page of the history").await;
+
+    click(&client, "#history-newest").await;
+    let first_page = first_page.expect("first page");
+    let deadline = Instant::now() + PATIENCE;
+    while page_ids(client.execute(PAGE, vec![]).await.expect("rows")) != first_page {
+        assert!(
+            Instant::now() < deadline,
+            "Newest did not go back to the first page"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A filter that matches nothing says so.
+    client
+        .execute(
+            "document.getElementById('filter-state').value = 'failed';",
+            vec![],
+        )
+        .await
+        .expect("filter");
+    click(&client, "#history-filters button[type=submit]").await;
+    text_of(&client, "#history-body", "No events match.").await;
+    client.close().await.expect("close");
 }

@@ -12,7 +12,7 @@ const END: &str = "support_conference_end";
 const SURVEY: &str = "support_conference_customer_exit_survey_completed";
 
 /// Posts `count` events from eight senders at once; each gets its 200.
-async fn post_many(host: &TestHost, prefix: &str, event: &'static str, count: usize) {
+pub(crate) async fn post_many(host: &TestHost, prefix: &str, event: &'static str, count: usize) {
     let senders: Vec<_> = (0..8)
         .map(|s| {
             let url = format!("{}/ERSPost", host.events);

@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
 use crate::configurations::{Configurations, FieldErrors, Status};
+use crate::engine::health::waited;
 use crate::engine::Engine;
 use crate::store::alerts::{self as stored, Sent};
 use crate::store::{health, now_ms, Store, StoreError};
@@ -151,14 +152,6 @@ pub fn configuration_problem(
         since: since.into_iter().min()?,
         reasons,
     })
-}
-
-fn waited(ms: i64) -> String {
-    match ms / 60_000 {
-        0 => format!("{} seconds", ms / 1000),
-        1 => "1 minute".to_owned(),
-        m => format!("{m} minutes"),
-    }
 }
 
 /// Why an alert channel could not be used, for the API.

@@ -81,7 +81,7 @@ pub fn attention(
     if let Some(oldest) = health.oldest_waiting_at {
         let waited = now - oldest;
         if waited > waiting_limit_ms {
-            why.push(format!("an event has waited {} minutes", waited / 60_000));
+            why.push(format!("an event has waited {}", self::waited(waited)));
         }
     }
     if let Some(error) = &health.last_poll_error {
@@ -91,6 +91,15 @@ pub fn attention(
         why.push(format!("the last reconciliation failed: {error}"));
     }
     why
+}
+
+/// A wait in words, to the minute past the first one.
+pub fn waited(ms: i64) -> String {
+    match ms / 60_000 {
+        0 => format!("{} seconds", ms / 1000),
+        1 => "1 minute".to_owned(),
+        m => format!("{m} minutes"),
+    }
 }
 
 #[cfg(test)]

@@ -58,10 +58,10 @@ function notify(message, kind = "info") {
 async function load() {
   const [plugins, configurations, engines] = await Promise.all([
     api("GET", "/api/plugins"), api("GET", "/api/configurations"), api("GET", "/api/engines"),
-  ]);
+  ]).catch(() => [{ ok: false, data: { error: "the engine did not answer" } }, {}, {}]);
   if (!plugins.ok || !configurations.ok) {
     const error = (plugins.data || configurations.data || {}).error || "the engine did not answer";
-    render(el("p", { class: "error-banner", text: "Cannot load: " + error }));
+    render(el("p", { class: "error-banner", role: "alert", text: "Cannot load: " + error }));
     return;
   }
   // Loaded plugins first, by name; those that failed to load after them.
@@ -78,8 +78,10 @@ async function load() {
 // id> the configuration's reconciliation and backfills.
 function openFromHash() {
   const [verb, arg] = decodeURIComponent(location.hash.slice(1)).split("/");
+  if (document.querySelector("dialog[open]")) return;
   if (["form-dialog", "history-dialog", "backfill-dialog"].some((id) => document.getElementById(id).open)) return;
   if (verb === "history") { openHistory({ configuration: arg || "" }); return; }
+  if (verb === "alerts") { openAlerts(); return; }
   if (verb === "backfill") {
     const config = state.configurations.find((c) => String(c.id) === arg);
     if (config) openBackfill(config);
@@ -95,9 +97,37 @@ function openFromHash() {
   }
 }
 
+// Selectors, best first, that find `node` again in a re-rendered tree: its id, or
+// its action inside the row it belongs to.
+function focusKey(node) {
+  if (!node || node === document.body) return [];
+  if (node.id) return ["#" + CSS.escape(node.id)];
+  const action = node.dataset && node.dataset.action;
+  if (!action) return [];
+  let key = `[data-action="${CSS.escape(action)}"]`;
+  if (node.dataset.pluginAction) key += `[data-plugin-action="${CSS.escape(node.dataset.pluginAction)}"]`;
+  if (node.dataset.plugin) key += `[data-plugin="${CSS.escape(node.dataset.plugin)}"]`;
+  const row = node.closest("[data-config-id], [data-event-id], [data-audit-id]");
+  if (!row) return [key];
+  const [attr] = ["data-config-id", "data-event-id", "data-audit-id"].filter((a) => row.hasAttribute(a));
+  const rowKey = `[${attr}="${CSS.escape(row.getAttribute(attr))}"]`;
+  // When the action is gone (a retried event has no "Retry now"), the row's first one.
+  return [`${rowKey} ${key}`, `${rowKey} button`];
+}
+
+// Replaces `container`'s children, keeping the keyboard focus on the same control
+// when the new tree has it (a refresh must not throw a keyboard user back to the top).
+function replaceKeepingFocus(container, nodes) {
+  const focused = container.contains(document.activeElement) ? focusKey(document.activeElement) : [];
+  container.replaceChildren(...nodes);
+  for (const selector of focused) {
+    const again = container.querySelector(selector);
+    if (again) { again.focus({ preventScroll: true }); return; }
+  }
+}
+
 function render(...nodes) {
-  const main = document.getElementById("main");
-  main.replaceChildren(...nodes.filter(Boolean));
+  replaceKeepingFocus(document.getElementById("main"), nodes.filter(Boolean));
 }
 
 function statusBadge(config) {
@@ -146,13 +176,29 @@ function renderAll() {
   }
   const engines = enginesCard(state.engines);
   if (engines) cards.push(engines);
+  render(...cards);
+  showAttention();
+}
+
+// What needs attention, at a glance above the cards. A live region that stays on the
+// page and changes only when its text does, so a refresh announces nothing new.
+function showAttention() {
+  const glance = document.getElementById("attention");
   const attention = state.configurations.filter((c) => c.health && c.health.attention && c.health.attention.length);
-  const glance = attention.length
-    ? el("p", { class: "error-banner", role: "status", "data-needs-attention": String(attention.length) },
-        `${attention.length === 1 ? "1 configuration needs" : attention.length + " configurations need"} attention: ` +
-        attention.map((c) => c.name).join(", "))
-    : null;
-  render(glance, ...cards);
+  const failedPlugins = state.plugins.filter((p) => p.status !== "loaded");
+  const parts = [];
+  if (attention.length) {
+    parts.push(`${attention.length === 1 ? "1 configuration needs" : attention.length + " configurations need"} attention: ` +
+      attention.map((c) => c.name).join(", "));
+  }
+  if (failedPlugins.length) {
+    parts.push(`${failedPlugins.length === 1 ? "1 plugin" : failedPlugins.length + " plugins"} not loaded: ` +
+      failedPlugins.map((p) => p.name).join(", "));
+  }
+  const text = parts.join(". ");
+  if (glance.textContent !== text) glance.textContent = text;
+  glance.hidden = !text;
+  glance.dataset.needsAttention = String(attention.length);
 }
 
 // The engines on this engine's database: one on the embedded store, several sharing
@@ -369,9 +415,9 @@ async function loadHistory() {
         e.state === "failed" ? el("button", { class: "primary", "data-action": "retry", onclick: () => retryEvent(e.id) }, "Retry now") : null))));
     if (eventHistory.open.has(e.id)) rows.push(el("tr", { class: "attempts-row", "data-attempts-for": e.id }, el("td", { colspan: 8, id: "attempts-" + e.id })));
   }
-  body.replaceChildren(el("table", { class: "history" },
+  replaceKeepingFocus(body, [el("table", { class: "history" },
     el("thead", {}, el("tr", {}, ["Received", "Configuration", "Event", "Session", "State", "Attempts", "Detail", ""].map((h) => el("th", { text: h })))),
-    el("tbody", {}, rows)));
+    el("tbody", {}, rows))]);
   for (const id of eventHistory.open) await showAttempts(id);
 }
 
@@ -615,44 +661,186 @@ async function reconcileNow() {
   await refreshBulk();
 }
 
+// ---- where alerts go and when ----
+
+const REFRESH_MS = 10000;
+const ALERT_IDS = { field: "a-", error: "aerr-" };
+const alerts = { fields: [], dirty: false };
+
+async function openAlerts() {
+  const r = await api("GET", "/api/alerts");
+  if (!r.ok) { notify((r.data || {}).error || "Cannot load the alert settings", "error"); return; }
+  showAlertSettings(r.data);
+  document.getElementById("alerts-test-result").replaceChildren();
+  history.replaceState(null, "", "#alerts");
+  const dialog = document.getElementById("alerts-dialog");
+  if (!dialog.open) dialog.showModal();
+}
+
+function alertDecl(f) {
+  const type = { number: "decimal", text: "text", choice: "choice", secret: "secret" }[f.kind] || "text";
+  return { key: f.key, label: f.label, help: f.help, default: f.default, type, clearable: true,
+    allowed: (f.choices || []).map((c) => ({ value: c, label: c })) };
+}
+
+function showAlertSettings(data) {
+  alerts.fields = data.fields;
+  alerts.dirty = false;
+  const values = data.settings || {};
+  const groups = [
+    ["When", ["alert_after_minutes", "alert_repeat_minutes"]],
+    ["E-mail", ["smtp_host", "smtp_tls", "smtp_port", "smtp_user", "smtp_password", "mail_from", "mail_to"]],
+    ["Webhook", ["webhook_url"]],
+  ];
+  const placed = new Set(groups.flatMap(([, keys]) => keys));
+  groups.push(["Trust", data.fields.map((f) => f.key).filter((k) => !placed.has(k))]);
+  const byKey = new Map(data.fields.map((f) => [f.key, f]));
+  const sets = groups.filter(([, keys]) => keys.some((k) => byKey.has(k))).map(([name, keys]) =>
+    el("fieldset", { class: "section" }, el("legend", { text: name }),
+      keys.filter((k) => byKey.has(k)).map((k) => {
+        const v = values[k];
+        return field(alertDecl(byKey.get(k)), typeof v === "number" ? String(v) : v, ALERT_IDS);
+      })));
+  document.getElementById("alerts-fields").replaceChildren(...sets);
+  document.getElementById("alerts-error").hidden = true;
+  showOpenAlerts(data.open || []);
+}
+
+// The alerts open now, one entry per problem with what each channel did.
+function showOpenAlerts(open) {
+  const target = document.getElementById("alerts-open");
+  if (!open.length) {
+    target.replaceChildren(el("p", { class: "muted", "data-open-alerts": "0", text: "No alert is open: nothing needs attention." }));
+    return;
+  }
+  const bySubject = new Map();
+  for (const a of open) {
+    if (!bySubject.has(a.subject)) bySubject.set(a.subject, []);
+    bySubject.get(a.subject).push(a);
+  }
+  target.replaceChildren(el("ul", { class: "open-alerts", "data-open-alerts": String(bySubject.size) },
+    [...bySubject].map(([subject, list]) => el("li", { "data-alert-subject": subject },
+      el("strong", { text: list[0].title }),
+      el("span", { class: "muted", text: ` since ${fmtTime(list[0].since)}` }),
+      el("div", { text: list[0].reasons.join("; ") }),
+      el("div", { class: "muted" }, list.map((a) => a.last_error
+        ? el("span", { class: "error-text", "data-alert-channel": a.channel, text: `${a.channel}: not delivered (${a.last_error}) ` })
+        : el("span", { "data-alert-channel": a.channel, text: a.sent_at ? `${a.channel}: sent ${fmtTime(a.sent_at)} ` : `${a.channel}: not sent yet ` })))))));
+}
+
+function collectAlerts() {
+  const form = document.getElementById("alerts-form");
+  const settings = {};
+  for (const f of alerts.fields) {
+    const input = form.querySelector(`[name="${CSS.escape(f.key)}"]`);
+    if (!input) continue;
+    if (f.kind === "secret") {
+      const clear = form.querySelector(`[name="${CSS.escape(f.key + "--clear")}"]`);
+      if (clear && clear.checked) settings[f.key] = "";
+      else if (input.value !== "") settings[f.key] = input.value; // empty keeps the saved one
+    } else settings[f.key] = input.value.trim();
+  }
+  return settings;
+}
+
+async function saveAlerts(event) {
+  event.preventDefault();
+  const form = document.getElementById("alerts-form");
+  const banner = document.getElementById("alerts-error");
+  const r = await api("PUT", "/api/alerts", { settings: collectAlerts() });
+  if (r.status === 422) { showErrors(r.data.errors, form, banner, ALERT_IDS); return; }
+  if (!r.ok) {
+    banner.textContent = (r.data || {}).error || "Saving failed";
+    banner.hidden = false;
+    return;
+  }
+  showAlertSettings(r.data);
+  notify("Alert settings saved.");
+  document.getElementById("alerts-save").focus();
+}
+
+async function testAlert() {
+  const result = document.getElementById("alerts-test-result");
+  if (alerts.dirty) {
+    result.replaceChildren(el("p", { class: "error-text", text: "Save the changes first: the test alert uses the saved settings." }));
+    return;
+  }
+  const button = document.getElementById("alerts-test");
+  button.disabled = true;
+  result.replaceChildren(el("p", { class: "muted", text: "Sending…" }));
+  const r = await api("POST", "/api/alerts/test");
+  button.disabled = false;
+  button.focus();
+  const deliveries = (r.data || {}).deliveries;
+  if (!Array.isArray(deliveries)) {
+    result.replaceChildren(el("p", { class: "error-text", "data-test-alert": "failed", text: (r.data || {}).error || "The test alert failed" }));
+    return;
+  }
+  result.replaceChildren(el("ul", { class: "test-result " + (r.ok ? "ok" : "failed"), "data-test-alert": r.ok ? "ok" : "failed" },
+    deliveries.map((d) => el("li", { class: d.ok ? "ok" : "failed", "data-delivery": d.channel },
+      el("span", { class: "mark", "aria-hidden": "true", text: d.ok ? "✓" : "✗" }),
+      el("span", { class: "check-name", text: (d.channel === "email" ? "E-mail" : "Webhook") + ": " }),
+      el("span", { text: d.ok ? "delivered" : "not delivered: " + d.error })))));
+}
+
 // ---- the configuration form, built from the plugin's declarations ----
 
-function field(decl, value) {
-  const id = "f-" + decl.key;
-  const help = decl.help ? el("p", { class: "help", id: id + "-help", text: decl.help }) : null;
-  const error = el("p", { class: "field-error", id: "err-" + decl.key, hidden: true });
+// `ids.field` and `ids.error` prefix the input's and its error's ids: "f-"/"err-" on
+// the configuration form, "a-"/"aerr-" on the alert settings.
+const CONFIG_IDS = { field: "f-", error: "err-" };
+
+function field(decl, value, ids = CONFIG_IDS) {
+  const id = ids.field + decl.key;
+  const helpId = id + "-help";
+  const help = decl.help ? el("p", { class: "help", id: helpId, text: decl.help }) : null;
+  const error = el("p", { class: "field-error", id: ids.error + decl.key, hidden: true });
   const label = el("label", { for: id }, decl.label, decl.required ? el("span", { class: "req", text: " *" }) : null);
+  // The help is the input's description; showErrors puts the error before it.
+  const described = help ? helpId : undefined;
   let input;
   switch (decl.type) {
     case "bool":
-      input = el("input", { type: "checkbox", id, name: decl.key, checked: value === true });
+      input = el("input", { type: "checkbox", id, name: decl.key, checked: value === true, "aria-describedby": described });
       return el("div", { class: "field check", "data-field": decl.key },
         el("div", { class: "check-line" }, input, label), help, error);
     case "integer":
       input = el("input", { type: "number", id, name: decl.key, step: 1, min: decl.min ?? undefined, max: decl.max ?? undefined,
-        value: value ?? "" });
+        value: value ?? "", "aria-describedby": described });
+      break;
+    case "decimal":
+      input = el("input", { type: "text", inputmode: "decimal", id, name: decl.key, value: value ?? "",
+        placeholder: decl.default || undefined, "aria-describedby": described });
       break;
     case "secret": {
       const set = value && value.set;
       input = el("input", { type: "password", id, name: decl.key, autocomplete: "new-password",
-        placeholder: set ? "•••••••• (saved; leave empty to keep)" : "" });
+        placeholder: set ? "•••••••• (saved; leave empty to keep)" : "", "data-secret-set": String(Boolean(set)),
+        "aria-describedby": described });
+      if (set && decl.clearable) {
+        return el("div", { class: "field", "data-field": decl.key }, label, input,
+          el("label", { class: "option clear-secret" },
+            el("input", { type: "checkbox", name: decl.key + "--clear", id: id + "-clear" }), "Remove the saved value"),
+          help, error);
+      }
       break;
     }
     case "choice":
-      input = el("select", { id, name: decl.key },
-        decl.required ? null : el("option", { value: "", text: "" }),
+      input = el("select", { id, name: decl.key, "aria-describedby": described },
+        decl.required ? null : el("option", { value: "", text: decl.default ? `default (${decl.default})` : "" }),
         decl.allowed.map((c) => el("option", { value: c.value, selected: c.value === value, text: c.label })));
       break;
     case "multi_choice": {
       const chosen = new Set(Array.isArray(value) ? value : []);
-      input = el("div", { class: "multi", id, role: "group" },
+      input = el("div", { class: "multi", id, role: "group", "aria-labelledby": id + "-label", "aria-describedby": described },
         decl.allowed.length ? decl.allowed.map((c) => el("label", { class: "option" },
           el("input", { type: "checkbox", name: decl.key, value: c.value, checked: chosen.has(c.value) }), c.label))
           : el("span", { class: "muted", text: "(none offered by this plugin)" }));
+      label.id = id + "-label";
       break;
     }
     default:
-      input = el("input", { type: "text", id, name: decl.key, value: value ?? "", spellcheck: "false" });
+      input = el("input", { type: "text", id, name: decl.key, value: value ?? "", spellcheck: "false",
+        placeholder: decl.default || undefined, "aria-describedby": described });
   }
   return el("div", { class: "field", "data-field": decl.key }, label, input, help, error);
 }
@@ -711,22 +899,37 @@ function collect(plugin) {
   };
 }
 
-function showErrors(errors) {
-  document.querySelectorAll(".field-error").forEach((e) => { e.hidden = true; e.textContent = ""; });
-  document.querySelectorAll(".field.invalid").forEach((e) => e.classList.remove("invalid"));
+// Shows each error under its input, ties it to the input (aria-invalid, and first in
+// aria-describedby so a screen reader reads it before the help), puts the rest in
+// the banner and moves the focus to the first field to fix.
+function showErrors(errors, form = document.getElementById("config-form"),
+  banner = document.getElementById("form-error"), ids = CONFIG_IDS) {
+  form.querySelectorAll(".field-error").forEach((e) => { e.hidden = true; e.textContent = ""; });
+  form.querySelectorAll(".field.invalid").forEach((e) => e.classList.remove("invalid"));
+  form.querySelectorAll("[aria-invalid]").forEach((input) => {
+    input.removeAttribute("aria-invalid");
+    const rest = (input.getAttribute("aria-describedby") || "").split(" ").filter((id) => id && !id.startsWith(ids.error));
+    if (rest.length) input.setAttribute("aria-describedby", rest.join(" "));
+    else input.removeAttribute("aria-describedby");
+  });
   const unplaced = [];
   for (const [key, message] of Object.entries(errors || {})) {
-    const target = document.getElementById("err-" + key);
-    if (target) {
+    const target = document.getElementById(ids.error + key);
+    if (target && form.contains(target)) {
       target.textContent = message;
       target.hidden = false;
       target.closest(".field").classList.add("invalid");
+      const input = document.getElementById(ids.field + key);
+      if (input) {
+        input.setAttribute("aria-invalid", "true");
+        const rest = (input.getAttribute("aria-describedby") || "").split(" ").filter(Boolean);
+        input.setAttribute("aria-describedby", [target.id, ...rest].join(" "));
+      }
     } else unplaced.push(`${key}: ${message}`);
   }
-  const banner = document.getElementById("form-error");
   banner.textContent = "Please correct the marked fields." + (unplaced.length ? " " + unplaced.join("; ") : "");
   banner.hidden = false;
-  const first = document.querySelector(".field.invalid input, .field.invalid select");
+  const first = form.querySelector("[aria-invalid=true]");
   if (first) first.focus();
 }
 
@@ -795,6 +998,12 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   document.getElementById("audit-newest").addEventListener("click", () => { auditLog.before = null; loadAudit(); });
   document.getElementById("form-cancel").addEventListener("click", () => document.getElementById("form-dialog").close());
+  document.getElementById("open-alerts").addEventListener("click", () => openAlerts());
+  document.getElementById("alerts-form").addEventListener("submit", saveAlerts);
+  document.getElementById("alerts-form").addEventListener("input", () => { alerts.dirty = true; });
+  document.getElementById("alerts-test").addEventListener("click", testAlert);
+  document.getElementById("alerts-close").addEventListener("click", () => document.getElementById("alerts-dialog").close());
+  document.getElementById("alerts-dialog").addEventListener("close", () => history.replaceState(null, "", location.pathname));
   document.getElementById("backfill-form").addEventListener("submit", startBackfill);
   document.getElementById("reconcile-now").addEventListener("click", reconcileNow);
   document.getElementById("backfill-close").addEventListener("click", () => document.getElementById("backfill-dialog").close());
@@ -804,4 +1013,10 @@ document.addEventListener("DOMContentLoaded", () => {
     history.replaceState(null, "", location.pathname);
   });
   load();
+  // The home page follows the engine's state while nothing is open over it.
+  setInterval(() => {
+    if (document.hidden || document.querySelector("dialog[open]") || load.running) return;
+    load.running = true;
+    load().finally(() => { load.running = false; });
+  }, REFRESH_MS);
 });
