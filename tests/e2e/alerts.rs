@@ -11,7 +11,6 @@ use simulators::webhook::{WebhookOptions, WebhookReply, WebhookSink};
 
 use crate::helpers::{PluginsDir, TestHost};
 
-const END: &str = "support_conference_end";
 const SMTP_PASSWORD: &str = "smtp-password-never-shown";
 const WEBHOOK_TOKEN: &str = "webhook-token-never-shown";
 /// Generous: a loaded CI machine may be slow, never wrong.
@@ -63,19 +62,10 @@ fn alert_settings(host: &TestHost, sinks: &Sinks, tls: &str, after: f64, repeat:
     })
 }
 
+/// A configuration of the scripted fixture whose failed events are not retried.
 async fn scripted(host: &TestHost, name: &str) -> i64 {
-    let (status, created) = host
-        .post(
-            "/api/configurations",
-            &json!({"plugin": "scripted", "name": name, "settings": {
-                "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
-                "outbound_event_types": [END],
-                "retry_outbound_event_types": [],
-            }}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    created["id"].as_i64().expect("id")
+    host.scripted_configuration(name, json!({"retry_outbound_event_types": []}))
+        .await
 }
 
 fn time_ms(value: &Value) -> i64 {
@@ -118,19 +108,7 @@ async fn a_failing_configuration_alerts_after_the_delay_reminds_and_clears_on_re
 
     // Fails at its first attempt and is not retried (its type is not in the retry
     // list); a retry from the API succeeds (fail_until:2).
-    let (status, _) = host
-        .post_event(
-            None,
-            &[
-                ("event", END),
-                ("version", "3"),
-                ("timestamp", "1"),
-                ("lsid", "alert-1"),
-                ("script", "fail_until:2"),
-            ],
-        )
-        .await;
-    assert_eq!(status, 200);
+    host.post_script("alert-1", "fail_until:2").await;
     let failed = host.wait_for_state("failed", 1).await;
     let received = time_ms(&failed[0]["received_at"]);
 
@@ -275,19 +253,7 @@ async fn two_engines_on_one_database_send_one_alert_then_a_reminder() {
     // with no channel set).
     let second = first.join(&plugins, &[("MWE_ENGINE_NAME", "engine-b")]);
     let id = scripted(&first, "Dynamics prod").await;
-    let (status, _) = first
-        .post_event(
-            None,
-            &[
-                ("event", END),
-                ("version", "3"),
-                ("timestamp", "1"),
-                ("lsid", "alert-cluster-1"),
-                ("script", "fail_until:2"),
-            ],
-        )
-        .await;
-    assert_eq!(status, 200);
+    first.post_script("alert-cluster-1", "fail_until:2").await;
     first.wait_for_state("failed", 1).await;
 
     let calls = webhook.wait_for(2, WAIT).await;

@@ -626,28 +626,15 @@ async fn until(client: &Client, script: &str, what: &str) {
     }
 }
 
-async fn scripted_configuration(host: &crate::helpers::TestHost, name: &str) -> i64 {
-    let (status, created) = host
-        .post(
-            "/api/configurations",
-            &json!({"plugin": "scripted", "name": name, "settings": {
-                "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
-                "outbound_event_types": ["support_conference_end"],
-                "retry_outbound_event_types": [],
-            }}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    created["id"].as_i64().expect("id")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_sees_what_needs_attention_and_sets_where_alerts_go() {
     use simulators::webhook::{WebhookOptions, WebhookSink};
     let plugins = crate::helpers::PluginsDir::new();
     plugins.add("scripted", "fixture_scripted");
     let host = crate::helpers::TestHost::start(&plugins);
-    let id = scripted_configuration(&host, "Desk prod").await;
+    let id = host
+        .scripted_configuration("Desk prod", json!({"retry_outbound_event_types": []}))
+        .await;
     let webhook = WebhookSink::start(WebhookOptions::default())
         .await
         .expect("webhook sink");
@@ -671,19 +658,7 @@ async fn an_admin_sees_what_needs_attention_and_sets_where_alerts_go() {
         )
         .await
         .expect("focus");
-    let (status, _) = host
-        .post_event(
-            None,
-            &[
-                ("event", "support_conference_end"),
-                ("version", "3"),
-                ("timestamp", "1"),
-                ("lsid", "browser-alert-1"),
-                ("script", "fail:permanent"),
-            ],
-        )
-        .await;
-    assert_eq!(status, 200);
+    host.post_script("browser-alert-1", "fail:permanent").await;
     host.wait_for_state("failed", 1).await;
     let glance = text_of(&client, "#attention[role=status]", "needs attention").await;
     assert_eq!(glance, "1 configuration needs attention: Desk prod");
@@ -804,7 +779,7 @@ async fn an_admin_pages_through_the_history_and_back() {
     let plugins = crate::helpers::PluginsDir::new();
     plugins.add("scripted", "fixture_scripted");
     let host = crate::helpers::TestHost::start(&plugins);
-    scripted_configuration(&host, "Paged").await;
+    host.scripted_configuration("Paged", json!({})).await;
     crate::history::post_many(&host, "page", "support_conference_end", 450).await;
     host.wait_for_state("succeeded", 450).await;
     let profile = tempfile::tempdir().expect("profile");

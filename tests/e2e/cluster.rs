@@ -40,26 +40,6 @@ where
     }
 }
 
-/// Creates an enabled scripted configuration named `name` that takes session ends,
-/// with `extra` settings; its id.
-async fn scripted(host: &TestHost, name: &str, extra: Value) -> i64 {
-    let mut settings = json!({
-        "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
-        "outbound_event_types": [END],
-    });
-    if let (Some(s), Some(e)) = (settings.as_object_mut(), extra.as_object()) {
-        s.extend(e.clone());
-    }
-    let (status, created) = host
-        .post(
-            "/api/configurations",
-            &json!({"plugin": "scripted", "name": name, "settings": settings}),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    created["id"].as_i64().expect("id")
-}
-
 async fn status_of(host: &TestHost, id: i64) -> String {
     let (_, body) = host.get(&format!("/api/configurations/{id}")).await;
     body["status"]["state"]
@@ -81,12 +61,12 @@ async fn a_configuration_made_on_one_engine_is_used_by_the_other() {
     let first = TestHost::start_postgres(&plugins, &[("MWE_LEASE_SECONDS", LEASE)]);
     let second = first.join(&plugins, &[("MWE_LEASE_SECONDS", LEASE)]);
     let record = first.data.path().join("calls.jsonl");
-    let id = scripted(
-        &first,
-        "Shared",
-        json!({"record_file": record.to_str().expect("utf-8")}),
-    )
-    .await;
+    let id = first
+        .scripted_configuration(
+            "Shared",
+            json!({"record_file": record.to_str().expect("utf-8")}),
+        )
+        .await;
     until("the second engine runs the configuration", || async {
         status_of(&second, id).await == "running"
     })
@@ -161,7 +141,7 @@ async fn a_configuration_made_on_one_engine_is_used_by_the_other() {
 async fn an_engine_with_another_key_file_refuses_to_start_and_says_why() {
     let plugins = plugins();
     let first = TestHost::start_postgres(&plugins, &[]);
-    scripted(&first, "Sealed", json!({})).await;
+    first.scripted_configuration("Sealed", json!({})).await;
     let database = first.database.as_ref().expect("database");
     // A second engine with its own (new) key file instead of a copy of the first's.
     let data = tempfile::tempdir().expect("tempdir");
@@ -218,12 +198,12 @@ async fn a_burst_to_both_engines_survives_a_kill_9_of_one_and_its_jobs_are_taken
     let mut first = TestHost::start_postgres(&plugins, &env);
     let second = first.join(&plugins, &[("MWE_LEASE_SECONDS", LEASE)]);
     let record = first.data.path().join("burst.jsonl");
-    let id = scripted(
-        &first,
-        "Burst",
-        json!({"record_file": record.to_str().expect("utf-8")}),
-    )
-    .await;
+    let id = first
+        .scripted_configuration(
+            "Burst",
+            json!({"record_file": record.to_str().expect("utf-8")}),
+        )
+        .await;
     until("the second engine runs the configuration", || async {
         status_of(&second, id).await == "running"
     })
@@ -417,9 +397,7 @@ async fn an_embedded_store_copied_into_postgres_goes_on_there_with_a_second_engi
     let plugins = plugins();
     let mut single = TestHost::start_sqlite(&plugins);
     let record = single.data.path().join("calls.jsonl");
-    let id = scripted(
-        &single,
-        "Grown",
+    let id = single.scripted_configuration("Grown",
         json!({"bt_client_secret": "s3cret-value", "record_file": record.to_str().expect("utf-8")}),
     )
     .await;
@@ -488,7 +466,7 @@ async fn an_embedded_store_copied_into_postgres_goes_on_there_with_a_second_engi
     assert_eq!(status, 200);
     first.wait_for_state("succeeded", 3).await;
     // A new configuration does not take an id the copied history names.
-    let newer = scripted(&first, "Newer", json!({})).await;
+    let newer = first.scripted_configuration("Newer", json!({})).await;
     assert!(newer > id, "{newer} after {id}");
 }
 
@@ -526,8 +504,7 @@ async fn an_engine_cut_off_from_the_database_reconnects_and_goes_on() {
     let plugins = plugins();
     let host = TestHost::start_postgres(&plugins, &[]);
     let record = host.data.path().join("calls.jsonl");
-    scripted(
-        &host,
+    host.scripted_configuration(
         "Cut",
         json!({"record_file": record.to_str().expect("utf-8")}),
     )
@@ -579,7 +556,7 @@ async fn a_backfill_moves_to_the_other_engine_when_its_engine_dies() {
     let mut second = first.join(&plugins, &env);
     let record = first.data.path().join("calls.jsonl");
     let sessions_file = first.data.path().join("sessions.jsonl");
-    let configuration = scripted(&first, "Bulk", json!({"record_file": record.to_str().expect("utf-8"), "sessions_file": sessions_file.to_str().expect("utf-8"), "bulk_script": "sleep:100"})).await;
+    let configuration = first.scripted_configuration("Bulk", json!({"record_file": record.to_str().expect("utf-8"), "sessions_file": sessions_file.to_str().expect("utf-8"), "bulk_script": "sleep:100"})).await;
     until("the second engine runs the configuration", || async {
         status_of(&second, configuration).await == "running"
     })

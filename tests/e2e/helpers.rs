@@ -679,6 +679,41 @@ impl TestHost {
         answer(self.http.post(url).form(form).send().await).await
     }
 
+    /// Creates a configuration of the scripted fixture (`PluginsDir::add("scripted",
+    /// "fixture_scripted")`) taking session ends, with `extra` settings over the few it
+    /// needs, and answers its id.
+    pub async fn scripted_configuration(&self, name: &str, extra: serde_json::Value) -> i64 {
+        let mut settings = serde_json::json!({
+            "bt_hostname": "bt.example.com", "bt_client_id": "c", "bt_client_secret": "s",
+            "outbound_event_types": ["support_conference_end"],
+        });
+        if let (Some(s), Some(e)) = (settings.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        let (status, created) = self
+            .post(
+                "/api/configurations",
+                &serde_json::json!({"plugin": "scripted", "name": name, "settings": settings}),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        created["id"].as_i64().expect("id")
+    }
+
+    /// Posts the end of session `lsid`, which the scripted fixture plays `script` for
+    /// (see its crate's documentation), and checks the engine took it.
+    pub async fn post_script(&self, lsid: &str, script: &str) {
+        let form = [
+            ("event", "support_conference_end"),
+            ("version", "3"),
+            ("timestamp", "1"),
+            ("lsid", lsid),
+            ("script", script),
+        ];
+        let (status, body) = self.post_event(None, &form).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// The history, newest first, filtered by a query string such as `state=failed`.
     pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {
         let (status, body) = self.get(&format!("/api/events?{query}")).await;

@@ -150,7 +150,13 @@ function healthLine(config) {
   if (h.last_success_at) facts.push(`last success ${fmtTime(h.last_success_at)}`);
   if (h.last_failure_at) facts.push(`last failure ${fmtTime(h.last_failure_at)}: ${h.last_failure_error || ""}`);
   if (h.throttled_until) facts.push(`throttled until ${fmtTime(h.throttled_until)}`);
-  if (h.last_poll_at) facts.push(`last poll ${fmtTime(h.last_poll_at)}`);
+  if (h.last_poll_at) facts.push(`last poll ${fmtTime(h.last_poll_at)}` + (h.last_poll_error ? ` failed: ${h.last_poll_error}` : ""));
+  const r = config.reconciliation;
+  if (r && r.runs) {
+    facts.push(r.last_error
+      ? `last reconciliation ${fmtTime(r.last_run_at)} failed: ${r.last_error}`
+      : `last reconciliation ${fmtTime(r.last_run_at)}: found ${r.last_found} ended sessions, queued ${r.last_queued}`);
+  }
   return el("div", { class: "health", "data-health": config.id },
     facts.length ? el("p", { class: "muted", text: facts.join(" · ") }) : null,
     h.attention && h.attention.length
