@@ -771,6 +771,17 @@ async fn an_admin_sees_what_needs_attention_and_sets_where_alerts_go() {
         !source.contains("page-token-never-shown"),
         "the webhook URL is on the page"
     );
+
+    // From the configuration's history: retry all its failed events, after one
+    // confirmation.
+    click(&client, "#alerts-close").await;
+    click(&client, &history_button).await;
+    find(&client, "#history-dialog[open]").await;
+    click(&client, "#retry-all").await;
+    let question = text_of(&client, "#confirm-text", "again?").await;
+    assert_eq!(question, "Queue every failed event of \"Desk prod\" again?");
+    click(&client, "#confirm-yes").await;
+    text_of(&client, "#notice", "1 failed event queued again.").await;
     client.close().await.expect("close");
 }
 

@@ -990,9 +990,10 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("retry-all").addEventListener("click", async () => {
     const id = eventHistory.filters.configuration;
     const config = state.configurations.find((c) => String(c.id) === id);
-    if (!config || !window.confirm(`Queue every failed event of ${config.name} again?`)) return;
+    if (!config || !(await confirmDialog("Retry all failed",
+      `Queue every failed event of "${config.name}" again?`, "Retry all"))) return;
     const r = await api("POST", `/api/configurations/${id}/retry-failed`);
-    if (r.ok) notify(`${r.data.retried} failed events queued again.`);
+    if (r.ok) notify(`${r.data.retried} failed event${r.data.retried === 1 ? "" : "s"} queued again.`);
     else notify((r.data || {}).error || "Retry failed", "error");
     await loadHistory();
   });
