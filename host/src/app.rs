@@ -185,12 +185,23 @@ impl App {
             intake: Arc::clone(&intake),
             store: store.clone(),
         });
+        let scheme = |tls: &Option<Arc<Certificate>>| if tls.is_some() { "https" } else { "http" };
+        let admin_scheme = scheme(&admin_tls);
+        let engine_name = settings.engine_name.clone().unwrap_or_else(|| {
+            format!(
+                "{}:{}",
+                crate::engine::cluster::host_name(),
+                events_addr.port()
+            )
+        });
+        let admin_url = format!("{admin_scheme}://{admin_addr}/");
         let alerts = crate::alerts::Alerter::new(
             store.clone(),
             Arc::clone(&configurations),
             Arc::clone(&engine),
+            engine_name.clone(),
+            admin_url.clone(),
         );
-        let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
         let admin_router = crate::admin::router(
             Arc::new(AdminState {
                 configurations: Arc::clone(&configurations),
@@ -207,23 +218,14 @@ impl App {
         );
         let event_router =
             crate::intake::router(Arc::clone(&intake), readiness, settings.client_body_timeout);
-        let scheme = |tls: &Option<Arc<Certificate>>| if tls.is_some() { "https" } else { "http" };
-        let engine_name = settings.engine_name.clone().unwrap_or_else(|| {
-            format!(
-                "{}:{}",
-                crate::engine::cluster::host_name(),
-                events_addr.port()
-            )
-        });
-        let admin_url = format!("{}://{admin_addr}/", scheme(&admin_tls));
         engine
             .register(
-                engine_name.clone(),
-                admin_url.clone(),
+                engine_name,
+                admin_url,
                 format!("{}://{events_addr}", scheme(&event_tls)),
             )
             .await?;
-        alerts.start(engine_name, admin_url).await;
+        alerts.start().await;
         Ok(Self {
             admin: Address {
                 listener: admin,

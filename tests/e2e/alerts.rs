@@ -383,10 +383,7 @@ async fn the_settings_hide_their_secrets_and_say_what_to_fix() {
 
     let (_, audit) = host.get("/api/audit").await;
     let entries = audit.as_array().expect("entries");
-    let actions: Vec<&str> = entries
-        .iter()
-        .filter_map(|e| e["action"].as_str())
-        .collect();
+    let actions = crate::helpers::audit_actions(entries);
     assert_eq!(
         actions,
         [

@@ -56,10 +56,7 @@ async fn every_change_is_in_the_audit_log_with_its_client_and_outcome_and_no_sec
     let (status, log) = host.get("/api/audit").await;
     assert_eq!(status, 200, "{log}");
     let entries = log.as_array().expect("entries");
-    let actions: Vec<&str> = entries
-        .iter()
-        .filter_map(|e| e["action"].as_str())
-        .collect();
+    let actions = crate::helpers::audit_actions(entries);
     assert_eq!(
         actions,
         ["delete", "disable", "edit", "edit", "create"],

@@ -244,13 +244,7 @@ async fn an_admin_manages_a_dynamics_configuration_in_the_page() {
     let error = text_of(&client, "#err-bt_hostname", "remove the scheme").await;
     assert_eq!(error, "remove the scheme (https://); enter only the host name, e.g. support.example.com or support.example.com:8443");
     screenshot(&client, "2-form-errors").await;
-    let tied = client
-        .execute(
-            "const i = document.getElementById('f-bt_hostname'); return [i.getAttribute('aria-invalid'), i.getAttribute('aria-describedby').split(' ')[0], document.activeElement === i];",
-            vec![],
-        )
-        .await
-        .expect("aria");
+    let tied = js(&client, "const i = document.getElementById('f-bt_hostname'); return [i.getAttribute('aria-invalid'), i.getAttribute('aria-describedby').split(' ')[0], document.activeElement === i];", vec![]).await;
     assert_eq!(
         tied,
         json!(["true", "err-bt_hostname", true]),
@@ -600,15 +594,20 @@ return low;
 "#;
 
 async fn assert_contrast(client: &Client, screen: &str) {
-    let low = client
-        .execute(LOW_CONTRAST, vec![])
-        .await
-        .expect("measure the contrast");
+    let low = js(client, LOW_CONTRAST, vec![]).await;
     assert_eq!(
         low,
         json!([]),
         "text below WCAG AA contrast on {screen}: {low:#}"
     );
+}
+
+/// Runs `script` in the page with `args` (`arguments[0]`, ...) and answers its result.
+async fn js(client: &Client, script: &str, args: Vec<serde_json::Value>) -> serde_json::Value {
+    client
+        .execute(script, args)
+        .await
+        .unwrap_or_else(|e| panic!("the page's script failed: {e}"))
 }
 
 /// Runs `script` until it answers true.
@@ -651,13 +650,7 @@ async fn an_admin_sees_what_needs_attention_and_sets_where_alerts_go() {
     // A keyboard user sits on the row's History button while an event fails: the page
     // refreshes on its own, shows what needs attention, and the focus stays put.
     let history_button = format!("{row} [data-action=history]");
-    client
-        .execute(
-            "const b = document.querySelector(arguments[0]); b.focus(); b.dataset.before = 'refresh'; return document.activeElement === b;",
-            vec![json!(history_button)],
-        )
-        .await
-        .expect("focus");
+    js(&client, "const b = document.querySelector(arguments[0]); b.focus(); b.dataset.before = 'refresh'; return document.activeElement === b;", vec![json!(history_button)]).await;
     host.post_script("browser-alert-1", "fail:permanent").await;
     host.wait_for_state("failed", 1).await;
     let glance = text_of(&client, "#attention[role=status]", "needs attention").await;
@@ -669,13 +662,7 @@ async fn an_admin_sees_what_needs_attention_and_sets_where_alerts_go() {
     )
     .await;
     text_of(&client, &format!("[data-health='{id}']"), "1 failed").await;
-    let focus = client
-        .execute(
-            "const a = document.activeElement; return [a.matches(arguments[0]), a.dataset.before === undefined];",
-            vec![json!(history_button)],
-        )
-        .await
-        .expect("focus");
+    let focus = js(&client, "const a = document.activeElement; return [a.matches(arguments[0]), a.dataset.before === undefined];", vec![json!(history_button)]).await;
     assert_eq!(
         focus,
         json!([true, true]),
@@ -695,13 +682,7 @@ async fn an_admin_sees_what_needs_attention_and_sets_where_alerts_go() {
     type_into(&client, "#a-alert_after_minutes", "0").await;
     click(&client, "#alerts-save").await;
     let error = text_of(&client, "#aerr-alert_after_minutes", "more than 0").await;
-    let tied = client
-        .execute(
-            "const i = document.getElementById('a-alert_after_minutes'); return [i.getAttribute('aria-invalid'), i.getAttribute('aria-describedby'), document.activeElement === i];",
-            vec![],
-        )
-        .await
-        .expect("aria");
+    let tied = js(&client, "const i = document.getElementById('a-alert_after_minutes'); return [i.getAttribute('aria-invalid'), i.getAttribute('aria-describedby'), document.activeElement === i];", vec![]).await;
     assert_eq!(
         tied,
         json!([
@@ -722,13 +703,7 @@ async fn an_admin_sees_what_needs_attention_and_sets_where_alerts_go() {
     text_of(&client, "#notice", "Alert settings saved.").await;
     find(&client, "#a-webhook_url[data-secret-set=true]").await;
     find(&client, "#a-webhook_url-clear").await;
-    let invalid = client
-        .execute(
-            "return [document.getElementById('a-webhook_url').value, document.querySelectorAll('#alerts-form [aria-invalid]').length];",
-            vec![],
-        )
-        .await
-        .expect("form");
+    let invalid = js(&client, "return [document.getElementById('a-webhook_url').value, document.querySelectorAll('#alerts-form [aria-invalid]').length];", vec![]).await;
     assert_eq!(invalid, json!(["", 0]));
     assert_contrast(&client, "the saved alert settings").await;
 
@@ -816,7 +791,7 @@ async fn an_admin_pages_through_the_history_and_back() {
     for expected in [200, 200, 50] {
         let deadline = Instant::now() + PATIENCE;
         let ids = loop {
-            let ids = page_ids(client.execute(PAGE, vec![]).await.expect("rows"));
+            let ids = page_ids(js(&client, PAGE, vec![]).await);
             // A new page: its first row is older than the last one seen.
             if ids.len() == expected && seen.last().is_none_or(|last| ids[0] < *last) {
                 break ids;
@@ -848,7 +823,7 @@ async fn an_admin_pages_through_the_history_and_back() {
     click(&client, "#history-newest").await;
     let first_page = first_page.expect("first page");
     let deadline = Instant::now() + PATIENCE;
-    while page_ids(client.execute(PAGE, vec![]).await.expect("rows")) != first_page {
+    while page_ids(js(&client, PAGE, vec![]).await) != first_page {
         assert!(
             Instant::now() < deadline,
             "Newest did not go back to the first page"
@@ -857,13 +832,12 @@ async fn an_admin_pages_through_the_history_and_back() {
     }
 
     // A filter that matches nothing says so.
-    client
-        .execute(
-            "document.getElementById('filter-state').value = 'failed';",
-            vec![],
-        )
-        .await
-        .expect("filter");
+    js(
+        &client,
+        "document.getElementById('filter-state').value = 'failed';",
+        vec![],
+    )
+    .await;
     click(&client, "#history-filters button[type=submit]").await;
     text_of(&client, "#history-body", "No events match.").await;
     client.close().await.expect("close");

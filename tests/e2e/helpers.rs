@@ -786,3 +786,11 @@ pub async fn answer(response: reqwest::Result<reqwest::Response>) -> (u16, serde
     };
     (status, json)
 }
+
+/// The actions of audit log entries, in their order.
+pub fn audit_actions(entries: &[serde_json::Value]) -> Vec<&str> {
+    entries
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect()
+}

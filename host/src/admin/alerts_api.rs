@@ -64,12 +64,12 @@ pub async fn test_alert(State(app): State<AppState>) -> Result<Response, ApiErro
     } else {
         let failed: Vec<String> = deliveries
             .iter()
-            .filter_map(|d| Some(format!("{}: {}", d.channel.name(), d.error.as_deref()?)))
+            .filter_map(|d| Some(format!("{}: {}", d.channel.as_str(), d.error.as_deref()?)))
             .collect();
         json!({ "error": format!("the test alert was not delivered: {}", failed.join("; ")), "deliveries": deliveries })
     };
     let audit = Audited {
-        detail: json!({ "channels": deliveries.iter().map(|d| d.channel.name()).collect::<Vec<_>>() }),
+        detail: json!({ "channels": deliveries.iter().map(|d| d.channel.as_str()).collect::<Vec<_>>() }),
         ..Audited::default()
     };
     Ok(audited((status, Json(body)).into_response(), audit))

@@ -286,26 +286,8 @@ fn changes(app: &AdminState, before: &Configuration, after: &Configuration) -> V
                         .any(|d| d.key == key && d.is_secret())
                 })
     };
-    let mut keys: Vec<&String> = before
-        .settings
-        .0
-        .keys()
-        .chain(after.settings.0.keys())
-        .collect();
-    keys.sort();
-    keys.dedup();
-    let mut changed = Map::new();
-    for key in keys {
-        let (old, new) = (before.settings.0.get(key), after.settings.0.get(key));
-        if old != new {
-            let value = if secret(key) {
-                json!("changed")
-            } else {
-                json!({ "from": old, "to": new })
-            };
-            changed.insert(key.clone(), value);
-        }
-    }
+    let mut changed =
+        crate::store::audit::setting_changes(&before.settings.0, &after.settings.0, secret);
     if before.name != after.name {
         changed.insert(
             "name".into(),

@@ -10,7 +10,11 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::{json, Value};
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
 use super::settings::{EmailSettings, SmtpTls};
+use crate::admin::error::chain;
 use crate::admin::rfc3339;
 use crate::settings::SecretString;
 
@@ -122,29 +126,15 @@ impl Notice {
     }
 }
 
-/// The certificates of a PEM bundle, one by one (lettre adds them one at a time).
-fn pem_certificates(pem: &str) -> Vec<String> {
-    const END: &str = "-----END CERTIFICATE-----";
-    pem.split_inclusive(END)
-        .filter_map(|part| {
-            let start = part.find("-----BEGIN CERTIFICATE-----")?;
-            part.ends_with(END).then(|| part[start..].to_owned())
+/// The certificates of a PEM bundle, one by one (lettre takes them one at a time).
+fn pem_certificates(pem: &str) -> Result<Vec<Certificate>, String> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|der| {
+            let der = der.map_err(|e| format!("the extra trusted CA file: {e}"))?;
+            Certificate::from_der(der.to_vec())
+                .map_err(|e| format!("the extra trusted CA file: {e}"))
         })
         .collect()
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 pub async fn email(
@@ -166,9 +156,7 @@ pub async fn email(
         Tls::None
     } else {
         let mut parameters = TlsParameters::builder(settings.host.clone());
-        for pem in extra_roots.map(pem_certificates).unwrap_or_default() {
-            let certificate = Certificate::from_pem(pem.as_bytes())
-                .map_err(|e| format!("the extra trusted CA file: {e}"))?;
+        for certificate in pem_certificates(extra_roots.unwrap_or_default())? {
             parameters = parameters.add_root_certificate(certificate);
         }
         let parameters = parameters
@@ -198,7 +186,7 @@ pub async fn email(
                 "the mail server {}:{} did not take the alert: {}",
                 settings.host,
                 settings.port,
-                error_chain(&e)
+                chain(&e)
             )
         })
 }
@@ -227,12 +215,7 @@ pub async fn webhook(
         .json(&notice.json())
         .send()
         .await
-        .map_err(|e| {
-            format!(
-                "the webhook cannot be reached: {}",
-                error_chain(&e.without_url())
-            )
-        })?;
+        .map_err(|e| format!("the webhook cannot be reached: {}", chain(&e.without_url())))?;
     let status = response.status();
     if status.is_success() {
         Ok(())
@@ -247,11 +230,14 @@ mod tests {
 
     #[test]
     fn a_bundle_splits_into_its_certificates() {
-        let one = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----";
-        let two = "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----";
-        let bundle = format!("# a comment\n{one}\n\n{two}\n");
-        assert_eq!(pem_certificates(&bundle), vec![one, two]);
-        assert!(pem_certificates("no certificate").is_empty());
+        let ca = |name: &str| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+            params.self_signed(&key).expect("certificate").pem()
+        };
+        let bundle = format!("# a comment\n{}\n\n{}\n", ca("one"), ca("two"));
+        assert_eq!(pem_certificates(&bundle).map(|c| c.len()), Ok(2));
+        assert_eq!(pem_certificates("no certificate").map(|c| c.len()), Ok(0));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 pub mod deliver;
 pub mod settings;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -21,9 +21,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
-use crate::configurations::{Configurations, FieldErrors, Status};
-use crate::engine::health::waited;
+use crate::configurations::{Configuration, Configurations, FieldErrors, Status};
+use crate::engine::health::{failed_events, not_running, waited};
 use crate::engine::Engine;
+pub use crate::store::alerts::Channel;
 use crate::store::alerts::{self as stored, Sent};
 use crate::store::{health, now_ms, Store, StoreError};
 use deliver::{Kind, Notice};
@@ -36,30 +37,6 @@ const LOOK_MAX: Duration = Duration::from_secs(15);
 const LOOK_MIN: Duration = Duration::from_secs(1);
 /// A delivery that failed is tried again after this (or the repeat time, if shorter).
 const RETRY_AFTER: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    Email,
-    Webhook,
-}
-
-impl Channel {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Email => "email",
-            Self::Webhook => "webhook",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "email" => Some(Self::Email),
-            "webhook" => Some(Self::Webhook),
-            _ => None,
-        }
-    }
-}
 
 /// A problem found now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,14 +107,11 @@ pub fn configuration_problem(
     let mut reasons = Vec::new();
     let mut since = Vec::new();
     if let Status::Failed(why) | Status::PluginNotLoaded(why) = status {
-        reasons.push(format!("not running: {why}"));
+        reasons.push(not_running(why));
         since.push(not_running_since);
     }
     if health.failed > 0 {
-        reasons.push(match health.failed {
-            1 => "1 event failed".to_owned(),
-            n => format!("{n} events failed"),
-        });
+        reasons.push(failed_events(health.failed));
         since.push(oldest_failed_at.unwrap_or(now));
     }
     if let Some(oldest) = health.oldest_waiting_at.filter(|t| now - t > after_ms) {
@@ -173,7 +147,7 @@ pub enum AlertError {
 #[derive(Debug, Clone, Serialize)]
 pub struct OpenAlert {
     pub subject: String,
-    pub channel: String,
+    pub channel: Channel,
     pub title: String,
     pub since: String,
     pub reasons: Vec<String>,
@@ -190,19 +164,28 @@ pub struct Delivery {
     pub error: Option<String>,
 }
 
+/// The stored settings document, as given (secrets in clear) and as parsed.
+#[derive(Debug, Default)]
+struct Loaded {
+    document: Option<String>,
+    raw: RawSettings,
+    parsed: AlertSettings,
+}
+
 pub struct Alerter {
     store: Store,
     configurations: Arc<Configurations>,
     engine: Arc<Engine>,
     /// The settings as last read: the page's health uses `alert_after_minutes`.
-    current: RwLock<Arc<AlertSettings>>,
+    current: RwLock<Arc<Loaded>>,
     /// Saving the settings wakes the loop.
     changed: Notify,
     /// When this engine first saw each configuration not running (ms).
     not_running: Mutex<HashMap<i64, i64>>,
     started_at: i64,
-    engine_name: RwLock<String>,
-    admin_url: RwLock<String>,
+    /// Named in every notice.
+    engine_name: String,
+    admin_url: String,
 }
 
 impl Alerter {
@@ -210,53 +193,65 @@ impl Alerter {
         store: Store,
         configurations: Arc<Configurations>,
         engine: Arc<Engine>,
+        engine_name: String,
+        admin_url: String,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             configurations,
             engine,
-            current: RwLock::new(Arc::new(AlertSettings::default())),
+            current: RwLock::new(Arc::new(Loaded::default())),
             changed: Notify::new(),
             not_running: Mutex::new(HashMap::new()),
             started_at: now_ms(),
-            engine_name: RwLock::new(String::new()),
-            admin_url: RwLock::new(String::new()),
+            engine_name,
+            admin_url,
         })
     }
 
     /// Reads the stored settings, then looks for problems until the engine stops.
-    pub async fn start(self: &Arc<Self>, engine_name: String, admin_url: String) {
-        *write(&self.engine_name) = engine_name;
-        *write(&self.admin_url) = admin_url;
-        if let Ok((_, parsed)) = self.load().await {
-            *write(&self.current) = Arc::new(parsed);
+    pub async fn start(self: &Arc<Self>) {
+        if let Err(e) = self.load().await {
+            tracing::error!("cannot read the alert settings: {e}");
         }
         tokio::spawn(Arc::clone(self).run());
     }
 
     /// How long an event may wait before it is a problem (ms).
     pub fn after_ms(&self) -> i64 {
-        Timing::of(&read(&self.current)).after
+        Timing::of(&read(&self.current).parsed).after
     }
 
     /// The stored settings as given, and as parsed (defaults when they no longer
-    /// parse: a key file replaced, an old document).
-    async fn load(&self) -> Result<(RawSettings, AlertSettings), StoreError> {
+    /// parse: a key file replaced, an old document). Read at every look, since
+    /// another engine may have saved new ones; unsealed and parsed again only when
+    /// the document changed.
+    async fn load(&self) -> Result<Arc<Loaded>, StoreError> {
         let document = self.store.read(stored::settings).await?;
-        let raw = match document {
-            Some(doc) => RawSettings::unseal(&doc, self.configurations.secrets()),
+        let current = Arc::clone(&read(&self.current));
+        if current.document == document {
+            return Ok(current);
+        }
+        let raw = match &document {
+            Some(doc) => RawSettings::unseal(doc, self.configurations.secrets()),
             None => RawSettings::default(),
         };
         let parsed = raw.parse().unwrap_or_else(|errors| {
             tracing::error!(?errors, "the stored alert settings are not valid: no alerts are sent until they are saved again");
             AlertSettings::default()
         });
-        Ok((raw, parsed))
+        let loaded = Arc::new(Loaded {
+            document,
+            raw,
+            parsed,
+        });
+        *write(&self.current) = Arc::clone(&loaded);
+        Ok(loaded)
     }
 
     /// The settings as the API shows them (secrets as `{"set": bool}`).
     pub async fn view(&self) -> Result<Map<String, Value>, StoreError> {
-        Ok(self.load().await?.0.view())
+        Ok(self.load().await?.raw.view())
     }
 
     /// Applies an edit; answers what changed (secrets only as "changed") and the
@@ -265,16 +260,22 @@ impl Alerter {
         &self,
         input: &Map<String, Value>,
     ) -> Result<(Map<String, Value>, Map<String, Value>), AlertError> {
-        let (before, _) = self.load().await?;
-        let after = before.edited(input);
+        let before = self.load().await?;
+        let after = before.raw.edited(input);
         let parsed = after.parse().map_err(AlertError::Invalid)?;
         let document = after.seal(self.configurations.secrets())?;
+        let saved = document.clone();
         self.store
-            .call(move |conn| stored::save_settings(conn, &document))
+            .call(move |conn| stored::save_settings(conn, &saved))
             .await?;
-        *write(&self.current) = Arc::new(parsed);
+        let (changes, view) = (before.raw.changes(&after), after.view());
+        *write(&self.current) = Arc::new(Loaded {
+            document: Some(document),
+            raw: after,
+            parsed,
+        });
         self.changed.notify_one();
-        Ok((before.changes(&after), after.view()))
+        Ok((changes, view))
     }
 
     /// The alerts open now, per channel.
@@ -296,16 +297,17 @@ impl Alerter {
 
     /// Sends a test alert through every channel set now, and says how each went.
     pub async fn send_test(&self) -> Result<Vec<Delivery>, AlertError> {
-        let (_, settings) = self.load().await?;
+        let loaded = self.load().await?;
+        let settings = &loaded.parsed;
         if !settings.sends() {
             return Err(AlertError::NoChannel);
         }
         let notice = self.notice(Kind::Test, "test".into(), "test alert".into(), vec![], None);
-        let extra_roots = extra_roots(&settings).await;
+        let extra_roots = extra_roots(settings).await;
         let mut results = Vec::new();
-        for channel in channels(&settings) {
+        for channel in channels(settings) {
             let outcome = self
-                .deliver(&settings, extra_roots.as_deref(), channel, &notice)
+                .deliver(settings, extra_roots.as_deref(), channel, &notice)
                 .await;
             results.push(Delivery {
                 channel,
@@ -330,8 +332,8 @@ impl Alerter {
             title,
             reasons,
             since,
-            engine: read(&self.engine_name).clone(),
-            admin_url: read(&self.admin_url).clone(),
+            engine: self.engine_name.clone(),
+            admin_url: self.admin_url.clone(),
             at: now_ms(),
         }
     }
@@ -350,13 +352,13 @@ impl Alerter {
         };
         match &outcome {
             Ok(()) => tracing::info!(
-                channel = channel.name(),
+                channel = channel.as_str(),
                 kind = notice.kind.name(),
                 subject = %notice.subject,
                 "alert sent"
             ),
             Err(e) => tracing::warn!(
-                channel = channel.name(),
+                channel = channel.as_str(),
                 kind = notice.kind.name(),
                 subject = %notice.subject,
                 "alert not delivered: {e}"
@@ -387,46 +389,46 @@ impl Alerter {
     /// One look: every problem against what was sent, and the deliveries due.
     /// Answers how long to wait before the next look.
     async fn round(&self) -> Result<Duration, AlertError> {
-        let (_, settings) = self.load().await?;
-        let timing = Timing::of(&settings);
-        *write(&self.current) = Arc::new(settings.clone());
+        let loaded = self.load().await?;
+        let settings = &loaded.parsed;
+        let timing = Timing::of(settings);
         let pause = (settings.after.min(settings.repeat) / 10).clamp(LOOK_MIN, LOOK_MAX);
-        let problems = self.problems(timing.after).await?;
-        if !settings.sends() || !self.engine.hold_lease(LEASE.to_owned()).await {
+        // Every engine follows which configurations are not running, so that the
+        // one that takes the lease over knows since when; the rest only the sender.
+        let configurations = self.enabled_configurations().await?;
+        if !settings.sends() || !self.engine.hold(LEASE.to_owned()).await {
             return Ok(pause);
         }
+        let problems = self.problems(configurations, timing.after).await?;
         let sent: BTreeMap<(String, Channel), Sent> = self
             .store
             .read(stored::sent)
             .await?
             .into_iter()
-            .filter_map(|s| Some(((s.subject.clone(), Channel::from_name(&s.channel)?), s)))
+            .map(|s| ((s.subject.clone(), s.channel), s))
             .collect();
-        let active = channels(&settings);
+        let active = channels(settings);
         // What was stored for a channel no longer set cannot be cleared there.
         for (subject, channel) in sent.keys().filter(|(_, c)| !active.contains(c)) {
-            let (subject, channel) = (subject.clone(), channel.name());
+            let (subject, channel) = (subject.clone(), *channel);
             self.store
                 .call(move |conn| stored::forget(conn, &subject, channel))
                 .await?;
         }
-        let mut subjects: Vec<&String> = problems.keys().collect();
-        subjects.extend(sent.keys().map(|(s, _)| s));
-        subjects.sort();
-        subjects.dedup();
-        let extra_roots = extra_roots(&settings).await;
+        let subjects: BTreeSet<&String> =
+            problems.keys().chain(sent.keys().map(|(s, _)| s)).collect();
+        // Read when a delivery is due, once per look.
+        let mut extra: Option<Option<String>> = None;
         for subject in subjects {
             let problem = problems.get(subject);
             for &channel in &active {
-                let key = (subject.clone(), channel);
-                let before = sent.get(&key);
-                let now = now_ms();
-                match decide(problem, before, now, timing) {
+                let before = sent.get(&(subject.clone(), channel));
+                match decide(problem, before, now_ms(), timing) {
                     Step::Nothing => {}
                     Step::Forget => {
                         let subject = subject.clone();
                         self.store
-                            .call(move |conn| stored::forget(conn, &subject, channel.name()))
+                            .call(move |conn| stored::forget(conn, &subject, channel))
                             .await?;
                     }
                     Step::Send(kind) => {
@@ -437,9 +439,11 @@ impl Alerter {
                         };
                         let notice =
                             self.notice(kind, subject.clone(), title, reasons, Some(since));
-                        let outcome = self
-                            .deliver(&settings, extra_roots.as_deref(), channel, &notice)
-                            .await;
+                        if extra.is_none() {
+                            extra = Some(extra_roots(settings).await);
+                        }
+                        let roots = extra.as_ref().and_then(Option::as_deref);
+                        let outcome = self.deliver(settings, roots, channel, &notice).await;
                         self.record(notice, channel, before, outcome).await?;
                     }
                 }
@@ -460,11 +464,11 @@ impl Alerter {
         let previous_sent = before.and_then(|s| s.sent_at);
         self.store
             .call(move |conn| match (notice.kind, outcome) {
-                (Kind::AllClear, Ok(())) => stored::forget(conn, &notice.subject, channel.name()),
+                (Kind::AllClear, Ok(())) => stored::forget(conn, &notice.subject, channel),
                 (_, outcome) => stored::put(
                     conn,
                     &Sent {
-                        channel: channel.name().to_owned(),
+                        channel,
                         since: notice.since.unwrap_or(notice.at),
                         sent_at: if outcome.is_ok() {
                             Some(notice.at)
@@ -482,8 +486,39 @@ impl Alerter {
             .await
     }
 
+    /// The enabled configurations with their status, and when this engine first saw
+    /// each of those not running.
+    async fn enabled_configurations(
+        &self,
+    ) -> Result<Vec<(Configuration, Status, i64)>, AlertError> {
+        let now = now_ms();
+        let mut not_running = std::mem::take(&mut *lock(&self.not_running));
+        let mut seen = HashMap::new();
+        let mut enabled = Vec::new();
+        for config in self.configurations.list().await? {
+            if config.disabled {
+                continue;
+            }
+            let status = self.configurations.status(config.id).await;
+            let since = if matches!(status, Status::Failed(_) | Status::PluginNotLoaded(_)) {
+                let first = not_running.remove(&config.id).unwrap_or(now);
+                seen.insert(config.id, first);
+                first
+            } else {
+                now
+            };
+            enabled.push((config, status, since));
+        }
+        *lock(&self.not_running) = seen;
+        Ok(enabled)
+    }
+
     /// Every problem found now, by subject.
-    async fn problems(&self, after_ms: i64) -> Result<BTreeMap<String, Problem>, AlertError> {
+    async fn problems(
+        &self,
+        configurations: Vec<(Configuration, Status, i64)>,
+        after_ms: i64,
+    ) -> Result<BTreeMap<String, Problem>, AlertError> {
         let mut problems = BTreeMap::new();
         let registry = self.configurations.registry();
         for entry in &registry.entries {
@@ -498,29 +533,26 @@ impl Alerter {
                 );
             }
         }
-        let configurations = self.configurations.list().await?;
         let now = now_ms();
-        let mut seen_not_running = HashMap::new();
-        for config in configurations.into_iter().filter(|c| !c.disabled) {
-            let status = self.configurations.status(config.id).await;
+        for (config, status, not_running_since) in configurations {
             let id = config.id;
             let (health, oldest_failed) = self
                 .store
                 .read(move |conn| Ok((health::of(conn, id)?, stored::oldest_failed_at(conn, id)?)))
                 .await?;
-            if matches!(status, Status::Failed(_) | Status::PluginNotLoaded(_)) {
-                let first = lock(&self.not_running).get(&id).copied().unwrap_or(now);
-                seen_not_running.insert(id, first);
-            }
             let title = format!("configuration {:?} ({})", config.name, config.plugin);
-            let since = seen_not_running.get(&id).copied().unwrap_or(now);
-            if let Some(problem) =
-                configuration_problem(title, &health, oldest_failed, &status, since, now, after_ms)
-            {
+            if let Some(problem) = configuration_problem(
+                title,
+                &health,
+                oldest_failed,
+                &status,
+                not_running_since,
+                now,
+                after_ms,
+            ) {
                 problems.insert(format!("configuration:{id}"), problem);
             }
         }
-        *lock(&self.not_running) = seen_not_running;
         Ok(problems)
     }
 }
@@ -590,7 +622,7 @@ mod tests {
     fn sent(sent_at: Option<i64>, tried_at: i64, error: bool) -> Sent {
         Sent {
             subject: "configuration:1".into(),
-            channel: "email".into(),
+            channel: Channel::Email,
             title: "c".into(),
             since: 0,
             reasons: vec![],

@@ -28,6 +28,8 @@ pub enum FieldKind {
 #[derive(Debug, Serialize)]
 pub struct Field {
     pub key: &'static str,
+    /// The part of the form it is in.
+    pub section: &'static str,
     pub label: &'static str,
     pub kind: FieldKind,
     pub help: &'static str,
@@ -39,6 +41,7 @@ pub struct Field {
 }
 
 const fn field(
+    section: &'static str,
     key: &'static str,
     label: &'static str,
     kind: FieldKind,
@@ -47,6 +50,7 @@ const fn field(
 ) -> Field {
     Field {
         key,
+        section,
         label,
         kind,
         help,
@@ -70,6 +74,7 @@ const CA_FILE: &str = "ca_file";
 /// Every alert setting, in the page's order.
 pub const FIELDS: &[Field] = &[
     field(
+        "When",
         ALERT_AFTER,
         "Send alert after (minutes)",
         FieldKind::Number,
@@ -77,6 +82,7 @@ pub const FIELDS: &[Field] = &[
         "15",
     ),
     field(
+        "When",
         ALERT_REPEAT,
         "Resend alerts every (minutes)",
         FieldKind::Number,
@@ -84,6 +90,7 @@ pub const FIELDS: &[Field] = &[
         "60",
     ),
     field(
+        "E-mail",
         SMTP_HOST,
         "SMTP server",
         FieldKind::Text,
@@ -93,6 +100,7 @@ pub const FIELDS: &[Field] = &[
     Field {
         choices: &["starttls", "implicit", "none"],
         ..field(
+            "E-mail",
             SMTP_TLS,
             "SMTP security",
             FieldKind::Choice,
@@ -101,6 +109,7 @@ pub const FIELDS: &[Field] = &[
         )
     },
     field(
+        "E-mail",
         SMTP_PORT,
         "SMTP port",
         FieldKind::Number,
@@ -108,6 +117,7 @@ pub const FIELDS: &[Field] = &[
         "",
     ),
     field(
+        "E-mail",
         SMTP_USER,
         "SMTP user",
         FieldKind::Text,
@@ -115,6 +125,7 @@ pub const FIELDS: &[Field] = &[
         "",
     ),
     field(
+        "E-mail",
         SMTP_PASSWORD,
         "SMTP password",
         FieldKind::Secret,
@@ -122,6 +133,7 @@ pub const FIELDS: &[Field] = &[
         "",
     ),
     field(
+        "E-mail",
         MAIL_FROM,
         "From",
         FieldKind::Text,
@@ -129,6 +141,7 @@ pub const FIELDS: &[Field] = &[
         "",
     ),
     field(
+        "E-mail",
         MAIL_TO,
         "To",
         FieldKind::Text,
@@ -136,6 +149,7 @@ pub const FIELDS: &[Field] = &[
         "",
     ),
     field(
+        "Webhook",
         WEBHOOK_URL,
         "Webhook URL",
         FieldKind::Secret,
@@ -143,6 +157,7 @@ pub const FIELDS: &[Field] = &[
         "",
     ),
     field(
+        "Trust",
         CA_FILE,
         "Extra trusted CA file",
         FieldKind::Text,
@@ -306,9 +321,7 @@ impl RawSettings {
                 settings.ca_file = Some(path);
             }
         }
-        if let Err(e) = self.parse_email(&mut settings, &mut errors) {
-            errors.extend(e);
-        }
+        settings.email = self.parse_email(&mut errors);
         let url = text(raw, WEBHOOK_URL);
         if !url.is_empty() {
             match reqwest::Url::parse(url) {
@@ -331,11 +344,8 @@ impl RawSettings {
         }
     }
 
-    fn parse_email(
-        &self,
-        settings: &mut AlertSettings,
-        errors: &mut FieldErrors,
-    ) -> Result<(), FieldErrors> {
+    /// The e-mail settings, when an SMTP server is given; their mistakes go to `errors`.
+    fn parse_email(&self, errors: &mut FieldErrors) -> Option<EmailSettings> {
         let raw = &self.0;
         let host = text(raw, SMTP_HOST);
         let (from, to) = (text(raw, MAIL_FROM), text(raw, MAIL_TO));
@@ -349,7 +359,7 @@ impl RawSettings {
                     );
                 }
             }
-            return Ok(());
+            return None;
         }
         if host.contains(|c: char| c.is_whitespace() || c == '/') {
             errors.insert(SMTP_HOST.into(), "must be a host name or address".into());
@@ -416,17 +426,14 @@ impl RawSettings {
         if recipients.is_empty() && !errors.contains_key(MAIL_TO) {
             errors.insert(MAIL_TO.into(), "give at least one address".into());
         }
-        if let Some(from) = from {
-            settings.email = Some(EmailSettings {
-                host: host.to_owned(),
-                port,
-                tls,
-                credentials,
-                from,
-                to: recipients,
-            });
-        }
-        Ok(())
+        Some(EmailSettings {
+            host: host.to_owned(),
+            port,
+            tls,
+            credentials,
+            from: from?,
+            to: recipients,
+        })
     }
 
     /// Applies an edit: a setting given replaces the stored one (`""` or null
@@ -469,19 +476,7 @@ impl RawSettings {
 
     /// The settings an edit changed, for the audit log (a secret only as "changed").
     pub fn changes(&self, after: &Self) -> Map<String, Value> {
-        let mut changed = Map::new();
-        for f in FIELDS {
-            let (from, to) = (self.0.get(f.key), after.0.get(f.key));
-            if from != to {
-                let detail = if f.kind == FieldKind::Secret {
-                    json!("changed")
-                } else {
-                    json!({ "from": from, "to": to })
-                };
-                changed.insert(f.key.to_owned(), detail);
-            }
-        }
-        changed
+        crate::store::audit::setting_changes(&self.0, &after.0, is_secret)
     }
 
     /// The stored document: the secrets sealed, each bound to its setting.

@@ -212,7 +212,7 @@ impl Engine {
     }
 
     /// Takes (or renews) the work lease `name`; false when another engine holds it.
-    pub(super) async fn hold(&self, name: String) -> bool {
+    pub(crate) async fn hold(&self, name: String) -> bool {
         let (id, now) = (self.identity.id.clone(), now_ms());
         let until = self.identity.lease_until(now);
         let key = name.clone();
@@ -234,11 +234,6 @@ impl Engine {
                 false
             }
         }
-    }
-
-    /// Takes (or renews) a work lease for work outside the engine (the alerts).
-    pub async fn hold_lease(&self, name: String) -> bool {
-        self.hold(name).await
     }
 
     /// Gives a work lease back (the work stopped here).

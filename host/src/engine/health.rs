@@ -67,16 +67,11 @@ pub fn attention(
 ) -> Vec<String> {
     let mut why = Vec::new();
     match status {
-        Status::Failed(reason) | Status::PluginNotLoaded(reason) => {
-            why.push(format!("not running: {reason}"))
-        }
+        Status::Failed(reason) | Status::PluginNotLoaded(reason) => why.push(not_running(reason)),
         Status::Running | Status::Disabled => {}
     }
     if health.failed > 0 {
-        why.push(match health.failed {
-            1 => "1 event failed".to_owned(),
-            n => format!("{n} events failed"),
-        });
+        why.push(failed_events(health.failed));
     }
     if let Some(oldest) = health.oldest_waiting_at {
         let waited = now - oldest;
@@ -91,6 +86,19 @@ pub fn attention(
         why.push(format!("the last reconciliation failed: {error}"));
     }
     why
+}
+
+// The reasons the page and the alerts both give, in the same words.
+
+pub fn not_running(why: &str) -> String {
+    format!("not running: {why}")
+}
+
+pub fn failed_events(count: i64) -> String {
+    match count {
+        1 => "1 event failed".to_owned(),
+        n => format!("{n} events failed"),
+    }
 }
 
 /// A wait in words, to the minute past the first one.

@@ -4,6 +4,7 @@
 //! alert again nor forgets an all-clear.
 
 use super::db::{params, Connection, OptionalExtension};
+pub use super::kinds::Channel;
 use super::StoreError;
 
 const SETTINGS_KEY: &str = "alert_settings";
@@ -27,7 +28,7 @@ pub fn save_settings(conn: &Connection, document: &str) -> Result<(), StoreError
 pub struct Sent {
     /// `configuration:<id>` or `plugin:<folder>`.
     pub subject: String,
-    pub channel: String,
+    pub channel: Channel,
     /// The subject in words, for an all-clear sent after the subject is gone.
     pub title: String,
     /// When the problem began (ms).
@@ -84,7 +85,7 @@ pub fn put(conn: &Connection, sent: &Sent) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub fn forget(conn: &Connection, subject: &str, channel: &str) -> Result<(), StoreError> {
+pub fn forget(conn: &Connection, subject: &str, channel: Channel) -> Result<(), StoreError> {
     conn.execute(
         "DELETE FROM alert_state WHERE subject = ?1 AND channel = ?2",
         params![subject, channel],
@@ -120,7 +121,7 @@ mod tests {
 
             let mut first = Sent {
                 subject: "configuration:1".into(),
-                channel: "email".into(),
+                channel: Channel::Email,
                 title: "configuration \"a\"".into(),
                 since: 10,
                 reasons: vec!["1 event failed".into()],
@@ -132,10 +133,10 @@ mod tests {
             first.sent_at = Some(12);
             first.last_error = None;
             put(&conn, &first).unwrap();
-            let webhook = Sent { channel: "webhook".into(), ..first.clone() };
+            let webhook = Sent { channel: Channel::Webhook, ..first.clone() };
             put(&conn, &webhook).unwrap();
             assert_eq!(sent(&conn).unwrap(), vec![first.clone(), webhook]);
-            forget(&conn, "configuration:1", "webhook").unwrap();
+            forget(&conn, "configuration:1", Channel::Webhook).unwrap();
             assert_eq!(sent(&conn).unwrap(), vec![first]);
         }
     }

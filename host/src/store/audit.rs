@@ -22,6 +22,29 @@ pub struct NewEntry {
     pub outcome: String,
 }
 
+/// The settings an edit changed, by name, as an entry's detail says them: a plain
+/// one with its old and new values, a secret only as "changed".
+pub fn setting_changes(
+    before: &serde_json::Map<String, serde_json::Value>,
+    after: &serde_json::Map<String, serde_json::Value>,
+    is_secret: impl Fn(&str) -> bool,
+) -> serde_json::Map<String, serde_json::Value> {
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let mut changed = serde_json::Map::new();
+    for key in keys {
+        let (from, to) = (before.get(key), after.get(key));
+        if from != to {
+            let detail = if is_secret(key) {
+                serde_json::json!("changed")
+            } else {
+                serde_json::json!({ "from": from, "to": to })
+            };
+            changed.insert(key.clone(), detail);
+        }
+    }
+    changed
+}
+
 pub fn record(conn: &Connection, entry: &NewEntry) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO audit (at, client, action, configuration_id, configuration_name, detail, outcome)

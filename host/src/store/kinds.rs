@@ -1,4 +1,5 @@
-//! The store's enumerations: a job's state, an event's source, an attempt's outcome.
+//! The store's enumerations: a job's state, an event's source, an attempt's outcome,
+//! an alert's channel.
 //! Each is written to and read from the database through `Param`/`FromValue`, so the engine
 //! never compares or parses state names itself; an unknown name in the database is
 //! an error, not a silent default.
@@ -138,6 +139,14 @@ stored_enum! {
         Error => "error",
         /// The engine stopped during the attempt; the job ran again.
         Interrupted => "interrupted",
+    }
+}
+
+stored_enum! {
+    /// Where an alert goes.
+    Channel {
+        Email => "email",
+        Webhook => "webhook",
     }
 }
 

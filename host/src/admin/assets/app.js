@@ -685,7 +685,7 @@ async function openAlerts() {
 
 function alertDecl(f) {
   const type = { number: "decimal", text: "text", choice: "choice", secret: "secret" }[f.kind] || "text";
-  return { key: f.key, label: f.label, help: f.help, default: f.default, type, clearable: true,
+  return { key: f.key, section: f.section, label: f.label, help: f.help, default: f.default, type, clearable: true,
     allowed: (f.choices || []).map((c) => ({ value: c, label: c })) };
 }
 
@@ -693,20 +693,10 @@ function showAlertSettings(data) {
   alerts.fields = data.fields;
   alerts.dirty = false;
   const values = data.settings || {};
-  const groups = [
-    ["When", ["alert_after_minutes", "alert_repeat_minutes"]],
-    ["E-mail", ["smtp_host", "smtp_tls", "smtp_port", "smtp_user", "smtp_password", "mail_from", "mail_to"]],
-    ["Webhook", ["webhook_url"]],
-  ];
-  const placed = new Set(groups.flatMap(([, keys]) => keys));
-  groups.push(["Trust", data.fields.map((f) => f.key).filter((k) => !placed.has(k))]);
-  const byKey = new Map(data.fields.map((f) => [f.key, f]));
-  const sets = groups.filter(([, keys]) => keys.some((k) => byKey.has(k))).map(([name, keys]) =>
-    el("fieldset", { class: "section" }, el("legend", { text: name }),
-      keys.filter((k) => byKey.has(k)).map((k) => {
-        const v = values[k];
-        return field(alertDecl(byKey.get(k)), typeof v === "number" ? String(v) : v, ALERT_IDS);
-      })));
+  const sets = sections(data.fields.map(alertDecl), (decl) => {
+    const v = values[decl.key];
+    return typeof v === "number" ? String(v) : v;
+  }, ALERT_IDS);
   document.getElementById("alerts-fields").replaceChildren(...sets);
   document.getElementById("alerts-error").hidden = true;
   showOpenAlerts(data.open || []);
@@ -797,58 +787,69 @@ const CONFIG_IDS = { field: "f-", error: "err-" };
 
 function field(decl, value, ids = CONFIG_IDS) {
   const id = ids.field + decl.key;
-  const helpId = id + "-help";
-  const help = decl.help ? el("p", { class: "help", id: helpId, text: decl.help }) : null;
+  const help = decl.help ? el("p", { class: "help", id: id + "-help", text: decl.help }) : null;
   const error = el("p", { class: "field-error", id: ids.error + decl.key, hidden: true });
   const label = el("label", { for: id }, decl.label, decl.required ? el("span", { class: "req", text: " *" }) : null);
+  const input = fieldInput(decl, value, id);
   // The help is the input's description; showErrors puts the error before it.
-  const described = help ? helpId : undefined;
-  let input;
+  if (help) input.setAttribute("aria-describedby", help.id);
+  if (decl.type === "bool") {
+    return el("div", { class: "field check", "data-field": decl.key },
+      el("div", { class: "check-line" }, input, label), help, error);
+  }
+  if (decl.type === "multi_choice") {
+    label.id = id + "-label";
+    input.setAttribute("aria-labelledby", label.id);
+  }
+  const clear = decl.type === "secret" && value && value.set && decl.clearable
+    ? el("label", { class: "option clear-secret" },
+        el("input", { type: "checkbox", name: decl.key + "--clear", id: id + "-clear" }), "Remove the saved value")
+    : null;
+  return el("div", { class: "field", "data-field": decl.key }, label, input, clear, help, error);
+}
+
+function fieldInput(decl, value, id) {
   switch (decl.type) {
     case "bool":
-      input = el("input", { type: "checkbox", id, name: decl.key, checked: value === true, "aria-describedby": described });
-      return el("div", { class: "field check", "data-field": decl.key },
-        el("div", { class: "check-line" }, input, label), help, error);
+      return el("input", { type: "checkbox", id, name: decl.key, checked: value === true });
     case "integer":
-      input = el("input", { type: "number", id, name: decl.key, step: 1, min: decl.min ?? undefined, max: decl.max ?? undefined,
-        value: value ?? "", "aria-describedby": described });
-      break;
+      return el("input", { type: "number", id, name: decl.key, step: 1, min: decl.min ?? undefined, max: decl.max ?? undefined,
+        value: value ?? "" });
     case "decimal":
-      input = el("input", { type: "text", inputmode: "decimal", id, name: decl.key, value: value ?? "",
-        placeholder: decl.default || undefined, "aria-describedby": described });
-      break;
+      return el("input", { type: "text", inputmode: "decimal", id, name: decl.key, value: value ?? "",
+        placeholder: decl.default || undefined });
     case "secret": {
-      const set = value && value.set;
-      input = el("input", { type: "password", id, name: decl.key, autocomplete: "new-password",
-        placeholder: set ? "•••••••• (saved; leave empty to keep)" : "", "data-secret-set": String(Boolean(set)),
-        "aria-describedby": described });
-      if (set && decl.clearable) {
-        return el("div", { class: "field", "data-field": decl.key }, label, input,
-          el("label", { class: "option clear-secret" },
-            el("input", { type: "checkbox", name: decl.key + "--clear", id: id + "-clear" }), "Remove the saved value"),
-          help, error);
-      }
-      break;
+      const set = Boolean(value && value.set);
+      return el("input", { type: "password", id, name: decl.key, autocomplete: "new-password",
+        placeholder: set ? "•••••••• (saved; leave empty to keep)" : "", "data-secret-set": String(set) });
     }
     case "choice":
-      input = el("select", { id, name: decl.key, "aria-describedby": described },
+      return el("select", { id, name: decl.key },
         decl.required ? null : el("option", { value: "", text: decl.default ? `default (${decl.default})` : "" }),
         decl.allowed.map((c) => el("option", { value: c.value, selected: c.value === value, text: c.label })));
-      break;
     case "multi_choice": {
       const chosen = new Set(Array.isArray(value) ? value : []);
-      input = el("div", { class: "multi", id, role: "group", "aria-labelledby": id + "-label", "aria-describedby": described },
+      return el("div", { class: "multi", id, role: "group" },
         decl.allowed.length ? decl.allowed.map((c) => el("label", { class: "option" },
           el("input", { type: "checkbox", name: decl.key, value: c.value, checked: chosen.has(c.value) }), c.label))
           : el("span", { class: "muted", text: "(none offered by this plugin)" }));
-      label.id = id + "-label";
-      break;
     }
     default:
-      input = el("input", { type: "text", id, name: decl.key, value: value ?? "", spellcheck: "false",
-        placeholder: decl.default || undefined, "aria-describedby": described });
+      return el("input", { type: "text", id, name: decl.key, value: value ?? "", spellcheck: "false",
+        placeholder: decl.default || undefined });
   }
-  return el("div", { class: "field", "data-field": decl.key }, label, input, help, error);
+}
+
+// The fields of `decls`, one fieldset per section in the order they first appear.
+function sections(decls, valueOf, ids = CONFIG_IDS) {
+  const bySection = new Map();
+  for (const decl of decls) {
+    const name = decl.section || "Settings";
+    if (!bySection.has(name)) bySection.set(name, []);
+    bySection.get(name).push(field(decl, valueOf(decl), ids));
+  }
+  return [...bySection].map(([name, fields]) =>
+    el("fieldset", { class: "section" }, el("legend", { text: name }), fields));
 }
 
 function openForm(plugin, config) {
@@ -861,15 +862,7 @@ function openForm(plugin, config) {
       help: "A descriptive name: one plugin can have many configurations, e.g. one per environment." }, config ? config.name : ""),
     field({ key: "disabled", label: "Disabled", type: "bool", help: "A disabled configuration processes no events." },
       config ? config.disabled : false));
-  const sections = new Map();
-  for (const decl of plugin.settings) {
-    const name = decl.section || "Settings";
-    if (!sections.has(name)) sections.set(name, []);
-    const value = config ? values[decl.key] : decl.default;
-    sections.get(name).push(field(decl, value));
-  }
-  const fieldsets = [...sections].map(([name, fields]) =>
-    el("fieldset", { class: "section" }, el("legend", { text: name }), fields));
+  const fieldsets = sections(plugin.settings, (decl) => (config ? values[decl.key] : decl.default));
   document.getElementById("form-fields").replaceChildren(top, ...fieldsets);
   document.getElementById("form-error").hidden = true;
   history.replaceState(null, "", config ? `#edit/${config.id}` : `#add/${encodeURIComponent(plugin.id)}`);
