@@ -523,6 +523,10 @@ async fn an_engine_cut_off_from_the_database_reconnects_and_goes_on() {
             .get(0)
     });
     assert!(cut >= 1, "the engine's connections were there to cut");
+    // The admin's reads go on at once: a read that meets a closed connection is read
+    // again on a new one.
+    let (status, body) = host.get("/api/configurations").await;
+    assert_eq!(status, 200, "{body}");
     // The appliance sends again until it gets a 200; the engine opens new connections.
     let form = [
         ("event", END),

@@ -39,11 +39,20 @@ pub enum ApiError {
     /// SQL or file paths.
     #[error("internal error; the engine's log has the details")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The shared database cannot be reached (a failover, a cut): nothing the
+    /// request did is wrong, and the same request may be sent again.
+    #[error("the database cannot be reached just now; send the request again shortly")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ApiError {
     pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self::Internal(e.into())
+        let e = e.into();
+        if crate::store::unreachable(e.as_ref()) {
+            Self::Unavailable(e)
+        } else {
+            Self::Internal(e)
+        }
     }
 
     fn status(&self) -> StatusCode {
@@ -60,6 +69,7 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -67,8 +77,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let Self::Internal(e) = &self {
-            tracing::error!("admin API: internal error: {}", chain(e.as_ref()));
+        match &self {
+            Self::Internal(e) => {
+                tracing::error!("admin API: internal error: {}", chain(e.as_ref()))
+            }
+            Self::Unavailable(e) => tracing::warn!("admin API: {}", chain(e.as_ref())),
+            _ => {}
         }
         let body = match &self {
             Self::Validation(errors) | Self::AlertSettings(errors) => {
@@ -77,6 +91,11 @@ impl IntoResponse for ApiError {
             _ => json!({ "error": self.to_string() }),
         };
         let mut response = (status, Json(body)).into_response();
+        if matches!(self, Self::Unavailable(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
         if matches!(self, Self::Unauthorized) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -270,6 +270,19 @@ impl Connection {
         }
     }
 
+    /// Asks the server whether the connection still works (one round trip): a
+    /// connection the server closed is known as closed only once it is used.
+    pub fn answers(&self) -> bool {
+        match &self.inner {
+            Inner::Sqlite(_) => true,
+            Inner::Postgres(pg) => pg.try_borrow_mut().is_ok_and(|mut pg| {
+                pg.client
+                    .is_valid(std::time::Duration::from_secs(5))
+                    .is_ok()
+            }),
+        }
+    }
+
     /// Runs statements without parameters (migrations).
     pub fn execute_batch(&self, sql: &str) -> Result<(), StoreError> {
         match &self.inner {

@@ -22,7 +22,7 @@ pub mod metrics_queries;
 mod migrations;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use configurations::{ConfigurationRow, NewConfiguration};
@@ -71,6 +71,44 @@ pub enum StoreError {
     Worker(String),
 }
 
+/// Whether an error, or one of its causes, says the database server cannot be
+/// reached or closed the connection. Wrappers declared `transparent` hide the
+/// store's own error, so the PostgreSQL client's error is looked for as well.
+pub fn unreachable(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let found = e
+            .downcast_ref::<StoreError>()
+            .map(StoreError::is_unreachable)
+            .or_else(|| {
+                e.downcast_ref::<postgres::Error>()
+                    .map(postgres_unreachable)
+            });
+        if found == Some(true) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Closed by the server, refused at connection (an I/O error underneath), or
+/// refused because the server is shutting down or starting.
+fn postgres_unreachable(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    let shutting = |code: &SqlState| {
+        code.code().starts_with("08")
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+            ]
+            .contains(code)
+    };
+    let io = std::error::Error::source(e).is_some_and(|c| c.is::<std::io::Error>());
+    e.is_closed() || io || e.code().is_some_and(shutting)
+}
+
 /// The server's own words when it refused a statement, else the client's error.
 fn postgres_message(e: &postgres::Error) -> String {
     match e.as_db_error() {
@@ -80,6 +118,16 @@ fn postgres_message(e: &postgres::Error) -> String {
 }
 
 impl StoreError {
+    /// The database server cannot be reached or closed the connection: the same
+    /// call may work once a connection is opened again.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Connect { .. } => true,
+            Self::Postgres(e) => postgres_unreachable(e),
+            _ => false,
+        }
+    }
+
     /// A unique constraint refused the write.
     pub fn is_unique_violation(&self) -> bool {
         match self {
@@ -210,42 +258,97 @@ pub struct Store {
 type Opener = Box<dyn Fn() -> Result<Connection, StoreError> + Send + Sync>;
 
 struct Pool {
-    conns: Vec<Mutex<Connection>>,
+    slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
     /// Opens a connection again after the server closed one (PostgreSQL).
     reopen: Option<Opener>,
+    /// Counts the connections found closed by the server, in both pools of a store:
+    /// one closed connection (a failover, a restart of the server, a cut) usually
+    /// means all are, so each other connection is asked before its next use instead
+    /// of failing a call of its own.
+    lost: Arc<AtomicU64>,
+}
+
+struct Slot {
+    conn: Connection,
+    /// The value of `lost` when this connection was last known to work.
+    checked: u64,
 }
 
 impl Pool {
-    fn new(conns: Vec<Connection>, reopen: Option<Opener>) -> Self {
+    fn new(conns: Vec<Connection>, reopen: Option<Opener>, lost: Arc<AtomicU64>) -> Self {
+        let checked = lost.load(Ordering::Acquire);
         Self {
-            conns: conns.into_iter().map(Mutex::new).collect(),
+            slots: conns
+                .into_iter()
+                .map(|conn| Mutex::new(Slot { conn, checked }))
+                .collect(),
             next: AtomicUsize::new(0),
             reopen,
+            lost,
         }
     }
 
-    /// Runs `f` on a free connection if there is one, else waits for the next in turn.
+    /// A free connection if there is one, else the next in turn once it is free;
+    /// opened again first if the server closed it.
+    fn checkout(&self) -> Result<std::sync::MutexGuard<'_, Slot>, StoreError> {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.slots.len();
+        let free = (0..count).find_map(|i| self.slots[(first + i) % count].try_lock().ok());
+        let mut slot = match free {
+            Some(slot) => slot,
+            None => self.slots[first % count]
+                .lock()
+                .map_err(|_| StoreError::Worker("a previous database call panicked".into()))?,
+        };
+        let lost = self.lost.load(Ordering::Acquire);
+        if let Some(reopen) = &self.reopen {
+            let suspect = slot.checked < lost;
+            if !slot.conn.is_usable() || (suspect && !slot.conn.answers()) {
+                slot.conn = reopen()?;
+                tracing::info!("connection to the database opened again");
+            }
+        }
+        slot.checked = lost;
+        Ok(slot)
+    }
+
+    /// After a failed call: true when it failed because the server closed the
+    /// connection (asked, since the client may not have noticed yet), which then
+    /// tells the store's other connections to check theirs.
+    fn closed_under(&self, slot: &Slot) -> bool {
+        let closed = self.reopen.is_some() && !(slot.conn.is_usable() && slot.conn.answers());
+        if closed {
+            self.lost.fetch_add(1, Ordering::AcqRel);
+        }
+        closed
+    }
+
+    /// Runs `f` on a connection. A write is not run again when its connection is
+    /// lost: whether its commit reached the server is not known.
     fn with<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, E>,
     ) -> Result<T, E> {
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
-        let count = self.conns.len();
-        let free = (0..count).find_map(|i| self.conns[(first + i) % count].try_lock().ok());
-        let mut guard = match free {
-            Some(guard) => guard,
-            None => self.conns[first % count]
-                .lock()
-                .map_err(|_| StoreError::Worker("a previous database call panicked".into()))?,
-        };
-        if !guard.is_usable() {
-            if let Some(reopen) = &self.reopen {
-                *guard = reopen()?;
-                tracing::info!("connection to the database opened again");
-            }
+        let mut slot = self.checkout()?;
+        let result = f(&mut slot.conn);
+        if result.is_err() {
+            self.closed_under(&slot);
         }
-        f(&mut guard)
+        result
+    }
+
+    /// Runs the read `f` on a connection, and once more on a new one when the server
+    /// had closed the first: reading again changes nothing.
+    fn read<T>(&self, f: impl Fn(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let slot = self.checkout()?;
+        match f(&slot.conn) {
+            Err(_) if self.closed_under(&slot) => {
+                drop(slot);
+                f(&self.checkout()?.conn)
+            }
+            result => result,
+        }
     }
 }
 
@@ -274,9 +377,10 @@ impl Store {
         let readers = (0..READERS)
             .map(|_| open_reader(&path))
             .collect::<Result<_, _>>()?;
+        let lost = Arc::new(AtomicU64::new(0));
         Ok(Self {
-            writers: Arc::new(Pool::new(vec![conn], None)),
-            readers: Arc::new(Pool::new(readers, None)),
+            writers: Arc::new(Pool::new(vec![conn], None, Arc::clone(&lost))),
+            readers: Arc::new(Pool::new(readers, None, lost)),
             location: Arc::new(location),
         })
     }
@@ -305,9 +409,14 @@ impl Store {
             writers.push(connect()?);
         }
         let readers = (0..READERS).map(|_| connect()).collect::<Result<_, _>>()?;
+        let lost = Arc::new(AtomicU64::new(0));
         Ok(Self {
-            writers: Arc::new(Pool::new(writers, Some(Box::new(connect.clone())))),
-            readers: Arc::new(Pool::new(readers, Some(Box::new(connect)))),
+            writers: Arc::new(Pool::new(
+                writers,
+                Some(Box::new(connect.clone())),
+                Arc::clone(&lost),
+            )),
+            readers: Arc::new(Pool::new(readers, Some(Box::new(connect)), lost)),
             location: Arc::new(location),
         })
     }
@@ -340,14 +449,15 @@ impl Store {
     }
 
     /// Runs `f` on a read-only connection on a blocking thread; it sees every commit
-    /// made before it starts and never waits for the writer.
+    /// made before it starts and never waits for the writer. It is run again on a
+    /// new connection if the server had closed the first.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let readers = Arc::clone(&self.readers);
-        tokio::task::spawn_blocking(move || readers.with(|conn| f(conn)))
+        tokio::task::spawn_blocking(move || readers.read(f))
             .await
             .map_err(|e| StoreError::Worker(e.to_string()))?
     }
@@ -445,6 +555,88 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 /// Milliseconds since the Unix epoch, the store's one time format.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod reconnect_tests {
+    use super::testing::PostgresDatabase;
+    use super::*;
+
+    /// What a failover or a network cut does: the server ends every session the
+    /// engine has on the database.
+    fn cut(database: &PostgresDatabase) -> i64 {
+        let mut client =
+            postgres::Client::connect(&database.url, postgres::NoTls).expect("connect");
+        client
+            .query_one(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .expect("terminate")
+            .get(0)
+    }
+
+    #[test]
+    fn after_the_server_closes_every_connection_reads_and_writes_go_on() {
+        let database = PostgresDatabase::create();
+        let url = PostgresUrl::parse(&database.url).expect("url");
+        let store = Store::open_postgres(&url).expect("store");
+        assert_eq!(cut(&database), (POSTGRES_WRITERS + READERS) as i64);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            // The first read meets a closed connection and is run again on a new one.
+            let count: i64 = store
+                .read(|c| c.query_row("SELECT COUNT(*) FROM configurations", &[], |r| r.get(0)))
+                .await
+                .expect("a read after the cut");
+            assert_eq!(count, 0);
+            // That told the writers to check theirs before use: no write fails either.
+            for n in 0..POSTGRES_WRITERS {
+                store
+                    .call(move |c| {
+                        c.execute(
+                            "INSERT INTO configurations (plugin, name, settings, secrets, created_at, updated_at)
+                             VALUES ('p', ?1, '{}', '{}', 0, 0)",
+                            db::params![format!("c{n}")],
+                        )
+                    })
+                    .await
+                    .expect("a write after the cut");
+            }
+        });
+        drop(store);
+    }
+
+    #[test]
+    fn a_closed_connection_is_an_unreachable_database_and_a_bad_query_is_not() {
+        let database = PostgresDatabase::create();
+        let mut client =
+            postgres::Client::connect(&database.url, postgres::NoTls).expect("connect");
+        let bad = StoreError::from(
+            client
+                .batch_execute("SELECT * FROM no_such_table")
+                .expect_err("no such table"),
+        );
+        assert!(!bad.is_unreachable(), "{bad}");
+        cut(&database);
+        let closed = StoreError::from(client.batch_execute("SELECT 1").expect_err("cut"));
+        assert!(closed.is_unreachable(), "{closed}");
+        // Wrapped as the admin API's callers wrap it, the cause is still found.
+        let wrapped = crate::configurations::ConfigError::Store(closed);
+        assert!(unreachable(&wrapped));
+        assert!(!unreachable(&crate::configurations::ConfigError::Store(
+            bad
+        )));
+        // The admin API answers it as a pause to wait out, not as its own failure.
+        use axum::response::IntoResponse;
+        let answer = crate::admin::error::ApiError::from(wrapped).into_response();
+        assert_eq!(answer.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.headers()[axum::http::header::RETRY_AFTER], "5");
+    }
 }
 
 /// Writes a store unit test once and runs it on both servers: `fn name(conn) { .. }`
